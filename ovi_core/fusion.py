@@ -1,0 +1,230 @@
+"""Ovi's fusion model: two identical DiT towers run block by block with bidirectional cross-modal attention.
+
+Follows character-ai/Ovi (Apache-2.0), ovi/modules/fusion.py. Order inside fused block i:
+  1. audio self-attention, 2. video self-attention,
+  3. audio cross step (text + attention to the video stream after its self-attention) and audio FFN,
+  4. video cross step (text + attention to the audio stream after its self-attention, before its cross
+     step) and video FFN.
+The residual streams stay in float32 whatever the compute dtype; matmuls run in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ovi_core.attention import resolve_backend
+from ovi_core.config import FusionConfig
+from ovi_core.errors import OviInputError
+from ovi_core.layers import ComputeDtype
+from ovi_core.rope import audio_rope, video_rope
+from ovi_core.tower import TowerBlock, WanTower
+
+
+@dataclass
+class TextContext:
+    """Per-generation text state: every block's cross-attention text keys/values for both towers.
+
+    Computed once by OviFusion.prepare_text and reused at every step (the reference recomputes them).
+    """
+
+    video_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block, 2 x [B, 512, H, D]
+    audio_kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def batch(self) -> int:
+        return self.video_kv[0][0].shape[0]
+
+    def rows(self, index: torch.Tensor | slice) -> TextContext:
+        """The context of some batch rows."""
+        pick = lambda kv: [(k[index], v[index]) for k, v in kv]  # noqa: E731
+        return TextContext(pick(self.video_kv), pick(self.audio_kv))
+
+
+class _Modulation:
+    """A tower's per-token modulation vectors without materialising [B, L, 6, dim].
+
+    Timesteps take at most two values per row (t, and 0 on clean first-frame tokens), so the time
+    embedding is computed per distinct value and indexed per token when needed.
+    """
+
+    def __init__(self, e: torch.Tensor, e0: torch.Tensor, index: torch.Tensor | None):
+        self.e, self.e0, self.index = e, e0, index  # [B, U, dim], [B, U, 6, dim], [L] or None
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:  # [B, U, dim] -> [B, L or 1, dim]
+        return x if self.index is None else x[:, self.index]
+
+    def block(self, block: TowerBlock) -> list[torch.Tensor]:
+        """Six [B, L|1, dim] vectors: shift1, scale1, gate1, shift2, scale2, gate2."""
+        mod = block.modulation.modulation.float().unsqueeze(0) + self.e0  # [B, U, 6, dim]
+        return [self._tokens(mod[:, :, k]) for k in range(6)]
+
+    def head(self, head_modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mod = head_modulation.float().unsqueeze(0) + self.e.unsqueeze(2)  # [B, U, 2, dim]
+        return self._tokens(mod[:, :, 0]), self._tokens(mod[:, :, 1])
+
+
+class OviFusion(nn.Module):
+    def __init__(self, cfg: FusionConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or FusionConfig.full()
+        self.video_model = WanTower(self.cfg.video)
+        self.audio_model = WanTower(self.cfg.audio)
+        self.attention_backend = "sdpa"
+        self.compute_dtype = torch.float32
+
+    # ---- settings -------------------------------------------------------------------------------------
+    def set_compute_dtype(self, dtype: torch.dtype) -> OviFusion:
+        """Matmul dtype (float32, bfloat16, float16); weights are cast layer by layer when they differ."""
+        self.compute_dtype = dtype
+        for m in self.modules():
+            if isinstance(m, ComputeDtype):
+                m.compute_dtype = dtype
+        return self
+
+    def set_attention_backend(self, name: str) -> OviFusion:
+        self.attention_backend = resolve_backend(name, self.device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.video_model.head.modulation.device
+
+    # ---- text -------------------------------------------------------------------------------------------
+    def _pad_context(self, context, batch: int) -> torch.Tensor:
+        """List of [L_i, 4096] or a tensor [B, L, 4096] -> zero-padded [B, 512, 4096] on the model device."""
+        text_len, text_dim = self.cfg.video.text_len, self.cfg.video.text_dim
+        rows = list(context) if isinstance(context, (list, tuple)) else list(context.unbind(0)) if context.dim() == 3 else [context]
+        if len(rows) == 1 and batch > 1:
+            rows = rows * batch
+        if len(rows) != batch:
+            raise OviInputError(f"got {len(rows)} text contexts for a batch of {batch}")
+        out = torch.zeros(batch, text_len, text_dim, device=self.device, dtype=torch.float32)
+        for i, r in enumerate(rows):
+            if r.dim() != 2 or r.shape[1] != text_dim:
+                raise OviInputError(f"a text context must be [tokens, {text_dim}] (umT5-XXL states), got {list(r.shape)}")
+            if r.shape[0] > text_len:
+                raise OviInputError(f"a text context has {r.shape[0]} rows; Ovi takes at most {text_len} tokens")
+            out[i, : r.shape[0]] = r.to(out)
+        return out
+
+    @torch.no_grad()
+    def prepare_text(self, video_context, audio_context, batch: int | None = None) -> TextContext:
+        """Embed both towers' text and project every block's text keys/values once."""
+        if batch is None:
+            batch = len(video_context) if isinstance(video_context, (list, tuple)) else (video_context.shape[0] if video_context.dim() == 3 else 1)
+        kv = []
+        for tower, ctx in ((self.video_model, video_context), (self.audio_model, audio_context)):
+            emb = tower.embed_text(self._pad_context(ctx, batch))  # [B, 512, dim]
+            kv.append([blk.cross_attn.text_kv(emb) for blk in tower.blocks])
+        return TextContext(video_kv=kv[0], audio_kv=kv[1])
+
+    # ---- forward ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(
+        self,
+        video: torch.Tensor,  # [B, 48, F, H, W]
+        audio: torch.Tensor,  # [B, L, 20]
+        t: torch.Tensor | float,  # [B] (int64 for UniPC, float for Euler) or one value
+        video_context=None,
+        audio_context=None,
+        *,
+        text: TextContext | None = None,
+        first_frame_is_clean: bool = False,
+        slg_layer: int = 0,
+        skip_mask: torch.Tensor | None = None,  # [B] bool: rows for which block slg_layer is skipped
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted flow velocities (noise - data): video [B, 48, F, H, W], audio [B, L, 20], float32."""
+        video, audio = self._check_latents(video, audio)
+        b, dev = video.shape[0], self.device
+        if text is None:
+            if video_context is None or audio_context is None:
+                raise OviInputError("pass video_context and audio_context, or a prepared text=TextContext")
+            text = self.prepare_text(video_context, audio_context, batch=b)
+        if text.batch != b:
+            raise OviInputError(f"the text context has batch {text.batch}, the latents {b}")
+        backend = self.attention_backend
+
+        # 1. patch embeddings: float32 token streams
+        xv, grid_v = self.video_model.embed(video.to(dev))  # [B, Lv, dim], (F, H/2, W/2)
+        xa, grid_a = self.audio_model.embed(audio.to(dev))  # [B, La, dim], (La,)
+
+        # 2. time embeddings; I2V: the first latent frame's tokens get t = 0
+        t = torch.as_tensor(t, device=dev).reshape(-1)
+        t = t.expand(b) if t.numel() == 1 else t
+        if t.shape[0] != b:
+            raise OviInputError(f"t has {t.shape[0]} values for a batch of {b}")
+        if first_frame_is_clean:
+            tv = torch.stack([t, torch.zeros_like(t)], dim=1)  # [B, 2]
+            index = torch.zeros(xv.shape[1], dtype=torch.long, device=dev)
+            index[: grid_v[1] * grid_v[2]] = 1
+        else:
+            tv, index = t[:, None], None
+        mod_v = _Modulation(*self.video_model.embed_time(tv), index)
+        mod_a = _Modulation(*self.audio_model.embed_time(t[:, None]), None)
+
+        # 3. RoPE tables
+        head_dim = self.cfg.video.head_dim
+        rope_v = video_rope(*grid_v, head_dim, device=dev)
+        rope_a = audio_rope(grid_a[0], head_dim, self.cfg.audio.temporal_rope_scale, device=dev)
+
+        # 4. fused blocks (SLG: block slg_layer skipped, for all rows or the rows in skip_mask)
+        for i in range(self.cfg.num_layers):
+            skip = slg_layer > 0 and i == slg_layer
+            if skip and skip_mask is None:
+                continue
+            nv, na = self._fused_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend)
+            if skip:
+                keep = skip_mask.to(dev).view(-1, 1, 1)
+                nv, na = torch.where(keep, xv, nv), torch.where(keep, xa, na)
+            xv, xa = nv, na
+
+        # 5. heads
+        return self._head(self.video_model, xv, mod_v, grid_v), self._head(self.audio_model, xa, mod_a, grid_a)
+
+    def _fused_block(self, i, xv, xa, mod_v, mod_a, rope_v, rope_a, text: TextContext, backend):
+        vb: TowerBlock = self.video_model.blocks[i]
+        ab: TowerBlock = self.audio_model.blocks[i]
+        ea = mod_a.block(ab)  # 6 x [B, 1, dim]
+        ev = mod_v.block(vb)  # 6 x [B, Lv|1, dim]
+
+        # audio then video self-attention (gated residuals)
+        xa = xa + ea[2] * ab.self_attn(ab.norm1(xa) * (1 + ea[1]) + ea[0], rope_a, backend).float()
+        xv = xv + ev[2] * vb.self_attn(vb.norm1(xv) * (1 + ev[1]) + ev[0], rope_v, backend).float()
+        xa_sa = xa
+
+        # audio cross step: text + the video stream after its self-attention; then FFN
+        xa = xa + ab.cross_attn(ab.norm3(xa), text.audio_kv[i], xv, rope_a, rope_v, backend).float()
+        xa = xa + ea[5] * ab.ffn(ab.norm2(xa) * (1 + ea[4]) + ea[3]).float()
+
+        # video cross step: text + the audio stream after its self-attention; then FFN
+        xv = xv + vb.cross_attn(vb.norm3(xv), text.video_kv[i], xa_sa, rope_v, rope_a, backend).float()
+        xv = xv + ev[5] * vb.ffn(vb.norm2(xv) * (1 + ev[4]) + ev[3]).float()
+        return xv, xa
+
+    @staticmethod
+    def _head(tower: WanTower, x: torch.Tensor, mod: _Modulation, grid) -> torch.Tensor:
+        shift, scale = mod.head(tower.head.modulation)
+        out = tower.head.head(tower.head.norm(x) * (1 + scale) + shift).float()
+        return tower.unpatchify(out, grid)
+
+    def _check_latents(self, video: torch.Tensor, audio: torch.Tensor):
+        cv, ca = self.cfg.video.in_dim, self.cfg.audio.in_dim
+        if video.dim() == 4:
+            video = video.unsqueeze(0)
+        if audio.dim() == 2:
+            audio = audio.unsqueeze(0)
+        if video.dim() != 5 or video.shape[1] != cv:
+            hint = " (a 16-channel latent is Wan2.1/2.2-14B, not the Wan2.2-TI2V-5B latent Ovi uses)" if video.dim() == 5 and video.shape[1] == 16 else ""
+            raise OviInputError(f"video latent must be [B, {cv}, F, H, W], got {list(video.shape)}{hint}")
+        if audio.dim() != 3 or audio.shape[2] != ca:
+            raise OviInputError(f"audio latent must be [B, L, {ca}] (MMAudio 16 kHz latents, channel last), got {list(audio.shape)}")
+        _, _, f, h, w = video.shape
+        ph, pw = self.cfg.video.patch_size[1:]
+        if h % ph or w % pw:
+            raise OviInputError(f"video latent height and width must be even (patch {ph}x{pw}), got {h}x{w}")
+        if video.shape[0] != audio.shape[0]:
+            raise OviInputError(f"video batch {video.shape[0]} != audio batch {audio.shape[0]}")
+        return video, audio

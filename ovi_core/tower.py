@@ -1,0 +1,164 @@
+"""One DiT tower of Ovi (video or audio): embeddings, blocks' layers, head.
+
+Follows character-ai/Ovi and Wan2.2 (Apache-2.0), ovi/modules/model.py and fusion.py. Module names equal
+the released checkpoint keys (``blocks.N.cross_attn.k_fusion`` ...), so the official files load with
+strict=True and no renaming; the fusion layers are declared here, in the cross-attention, not injected.
+The fused forward that runs a video block and an audio block together is in ovi_core/fusion.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ovi_core.attention import attention
+from ovi_core.config import TowerConfig
+from ovi_core.layers import ChannelLastConv1d, Conv3d, ConvMLP, LayerNorm, Linear, RMSNorm
+from ovi_core.rope import apply_rope
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q, self.k, self.v, self.o = Linear(dim, dim), Linear(dim, dim), Linear(dim, dim), Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, dim] -> [B, L, H, D] in the compute dtype."""
+        return x.to(self.q.compute_dtype).unflatten(2, (self.num_heads, self.head_dim))
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope)  # [B, L, H, D]
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope)
+        v = self.heads(self.v(x))
+        return self.o(attention(q, k, v, backend).flatten(2))
+
+
+class FusionCrossAttention(SelfAttention):
+    """Text cross-attention plus the attention to the other modality (Ovi's fusion).
+
+    The text branch reuses q un-rotated; the fusion branch rotates q with this tower's positions and the
+    other tower's keys with theirs, so their product depends on relative audio-video time. Both branches
+    share q and o; their outputs are summed before o.
+    """
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__(dim, num_heads, eps)
+        self.k_fusion = Linear(dim, dim)
+        self.v_fusion = Linear(dim, dim)
+        self.pre_attn_norm_fusion = LayerNorm(dim, eps, elementwise_affine=True)
+        self.norm_k_fusion = RMSNorm(dim, eps)
+
+    def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the embedded text [B, 512, dim] -> 2 x [B, 512, H, D] (cacheable per generation)."""
+        return self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, L, dim], already norm3-ed
+        text_kv: tuple[torch.Tensor, torch.Tensor],
+        other: torch.Tensor,  # [B, L_other, dim], the other tower's stream
+        rope: tuple[torch.Tensor, torch.Tensor],
+        other_rope: tuple[torch.Tensor, torch.Tensor],
+        backend: str,
+    ) -> torch.Tensor:
+        q = self.heads(self.norm_q(self.q(x)))  # [B, L, H, D]
+        out = attention(q, *text_kv, backend)  # text: no RoPE, no key mask (padding rows included)
+        other = self.pre_attn_norm_fusion(other)
+        k_o = apply_rope(self.heads(self.norm_k_fusion(self.k_fusion(other))), *other_rope)
+        v_o = self.heads(self.v_fusion(other))
+        out = out + attention(apply_rope(q, *rope), k_o, v_o, backend)
+        return self.o(out.flatten(2))
+
+
+class ModulationAdd(nn.Module):
+    """Holds a block's [1, n, dim] modulation; named so the key is ``blocks.N.modulation.modulation``."""
+
+    def __init__(self, dim: int, n: int):
+        super().__init__()
+        self.modulation = nn.Parameter(torch.zeros(1, n, dim))
+
+
+class TowerBlock(nn.Module):
+    """The layers of one block of one tower. norm1/norm2/head.norm have no parameters; norm3 is affine."""
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = LayerNorm(dim, cfg.eps)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm3 = LayerNorm(dim, cfg.eps, elementwise_affine=True)
+        self.cross_attn = FusionCrossAttention(dim, cfg.num_heads, cfg.eps)
+        self.norm2 = LayerNorm(dim, cfg.eps)
+        self.ffn = nn.Sequential(Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), Linear(cfg.ffn_dim, dim))
+        self.modulation = ModulationAdd(dim, 6)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+        self.norm = LayerNorm(cfg.dim, cfg.eps)
+        self.head = Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[N] timesteps -> [N, dim] = [cos(t f), sin(t f)], f = 10000^(-k/(dim/2)); float64 as the reference."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.to(torch.float64), freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class WanTower(nn.Module):
+    def __init__(self, cfg: TowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.dim
+        if cfg.kind == "video":
+            self.patch_embedding = Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        else:
+            self.patch_embedding = nn.Sequential(
+                ChannelLastConv1d(cfg.in_dim, dim, kernel_size=7, padding=3),
+                nn.SiLU(),
+                ConvMLP(dim, cfg.audio_mlp_hidden, kernel_size=7, padding=3),
+            )
+        self.text_embedding = nn.Sequential(Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), Linear(dim, dim))
+        self.time_embedding = nn.Sequential(Linear(cfg.freq_dim, dim), nn.SiLU(), Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList(TowerBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Latent -> float32 tokens [B, L, dim] and the token grid ((F, H/2, W/2) for video, (L,) for audio)."""
+        if self.cfg.kind == "video":
+            y = self.patch_embedding(x)  # [B, dim, F, H/2, W/2]
+            return y.flatten(2).transpose(1, 2).float(), tuple(y.shape[2:])
+        return self.patch_embedding(x).float(), (x.shape[1],)  # [B, L, 20] -> [B, L, dim]
+
+    def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps [B, U] -> e [B, U, dim] and e0 [B, U, 6, dim], float32."""
+        b, u = t.shape
+        sin = sinusoidal_embedding(t.flatten(), self.cfg.freq_dim).float()
+        e = self.time_embedding(sin).float().unflatten(0, (b, u))  # [B, U, dim]
+        e0 = self.time_projection(e).float().unflatten(2, (6, self.cfg.dim))  # [B, U, 6, dim]
+        return e, e0
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """T5 states zero-padded to [B, 512, 4096] -> [B, 512, dim] (padding rows are embedded, not masked)."""
+        return self.text_embedding(context)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """Head output [B, L, out*prod(patch)] -> video [B, C, F, H, W] or audio [B, L, C]."""
+        if self.cfg.kind == "audio":
+            return x
+        f, h, w = grid
+        pt, ph, pw = self.cfg.patch_size
+        c = self.cfg.out_dim
+        x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, c)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(x.shape[0], c, f * pt, h * ph, w * pw)

@@ -1,0 +1,363 @@
+"""Checkpoint files of the Ovi fusion model: inspection, layout detection and streamed loading.
+
+The released files (chetwinlow1/Ovi model.safetensors, model_960x960.safetensors,
+model_960x960_10s.safetensors; rkfg/Ovi-fp8_quantized model_fp8_e4m3fn.safetensors) use the module names of
+ovi_core.fusion.OviFusion directly. Loading builds the model on the meta device and streams the file tensor
+by tensor into it, so peak memory is about one model, not two. fp8 e4m3fn tensors may stay one byte per
+weight; layers upcast them when they run (ovi_core.layers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig, TowerConfig
+from ovi_core.errors import WrongFileError
+from ovi_core.fusion import OviFusion
+
+log = logging.getLogger(__name__)
+
+# Prefixes that repackaged files put before the released names; stripped on load (a rename table, as data).
+KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
+
+# What a file is when it is not an Ovi fused model: (regex on a key, description, what to use instead).
+FOREIGN_LAYOUTS: tuple[tuple[str, str, str], ...] = (
+    (r"^(encoder\.block\.\d+\.layer|shared\.weight|token_embedding\.weight|blocks\.\d+\.attn\.q\.weight)",
+     "a umT5/T5 text encoder", "load it with the Ovi text encoder loader"),
+    (r"^(decoder\.(conv_in|upsamples|middle|head)|encoder\.(downsamples|conv1)|conv2\.weight)",
+     "a Wan video VAE", "load it with the Ovi video VAE loader"),
+    (r"^(conv_pre\.|ups\.\d+|resblocks\.\d+|generator\.)", "a BigVGAN vocoder", "load it with the Ovi audio VAE loader"),
+    (r"^(data_mean|decoder\.conv_out|encoder\.learnable_gain|decoder\.learnable_gain)",
+     "an MMAudio audio VAE", "load it with the Ovi audio VAE loader"),
+    (r"^(transformer_blocks\.|condition_embedder\.|blocks\.\d+\.attn1\.)",
+     "a diffusers-format video transformer", "Ovi needs its own fused file"),
+    (r"^blocks\.\d+\.(self_attn|cross_attn)\.", "a Wan2.x video DiT (for example Wan2.2-TI2V-5B) with no audio tower",
+     "Ovi's video tower starts from Wan2.2-5B but the fused file holds both towers"),
+)
+GET_WEIGHTS = ("the fused file model.safetensors (720x720_5s), model_960x960.safetensors or "
+               "model_960x960_10s.safetensors from huggingface.co/chetwinlow1/Ovi, or model_fp8_e4m3fn.safetensors "
+               "from huggingface.co/rkfg/Ovi-fp8_quantized")
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint holds, read without loading its tensors."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]  # released key -> shape
+    dtypes: dict[str, str]  # released key -> dtype name as stored
+    file_keys: dict[str, str]  # released key -> key in the file
+    metadata: dict[str, str] = field(default_factory=dict)
+    format: str = "safetensors"
+
+    @property
+    def is_fp8(self) -> bool:
+        return any("F8" in d or "float8" in d for d in self.dtypes.values())
+
+
+@dataclass
+class LoadInfo:
+    variant: str
+    variant_source: str  # "argument", "file metadata", "file name" or "default"
+    config: FusionConfig
+    is_fp8: bool
+    parameters: int
+    bytes_in_memory: int
+
+
+# ---- reading headers ----------------------------------------------------------------------------------------
+_ST_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                   "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, dict]:
+    """(tensor entries, metadata) of a safetensors file; WrongFileError if it is not one or is truncated."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise WrongFileError(f"{path.name} is empty or not a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 * 2**20):
+            raise WrongFileError(f"{path.name} is not a safetensors file (its first bytes are not a safetensors header)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WrongFileError(f"{path.name} is not a safetensors file (unreadable header)") from None
+    metadata = header.pop("__metadata__", None) or {}
+    end = max((e["data_offsets"][1] for e in header.values()), default=0)
+    if 8 + n + end > size:
+        raise WrongFileError(
+            f"{path.name} is truncated: its header describes {8 + n + end:,} bytes but the file has {size:,}; "
+            "the download did not finish — download it again"
+        )
+    return header, metadata
+
+
+def _strip_prefix(key: str) -> str:
+    for p in KEY_PREFIXES:
+        if key.startswith(p) and key[len(p):].startswith(("video_model.", "audio_model.")):
+            return key[len(p):]
+    return key
+
+
+def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+    """Keys, shapes and dtypes of a fused-model file (.safetensors, or .pt/.pth/.ckpt as the reference accepts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WrongFileError(f"{path} does not exist; Ovi needs {GET_WEIGHTS}")
+    if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        sd = _torch_load_state_dict(path)
+        file_keys = {_strip_prefix(k): k for k in sd}
+        return CheckpointInfo(path, {k: tuple(sd[v].shape) for k, v in file_keys.items()},
+                              {k: str(sd[v].dtype) for k, v in file_keys.items()}, file_keys, format="torch")
+    header, metadata = read_safetensors_header(path)
+    file_keys = {_strip_prefix(k): k for k in header}
+    return CheckpointInfo(
+        path,
+        {k: tuple(header[v]["shape"]) for k, v in file_keys.items()},
+        {k: header[v]["dtype"] for k, v in file_keys.items()},
+        file_keys,
+        metadata,
+    )
+
+
+def _torch_load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise WrongFileError(f"{path.name} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    for unwrap in (("module",), ("app", "model"), ("state_dict",), ("model",)):
+        inner = obj
+        for k in unwrap:
+            inner = inner.get(k) if isinstance(inner, dict) else None
+        if isinstance(inner, dict) and inner:
+            obj = inner
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WrongFileError(f"{path.name} holds no state dict of tensors")
+    return obj
+
+
+# ---- recognising the file ----------------------------------------------------------------------------------
+def check_is_fusion_checkpoint(info: CheckpointInfo) -> None:
+    """Raise WrongFileError describing the file when it is not an Ovi fused checkpoint."""
+    keys = list(info.shapes)
+    has_v = any(k.startswith("video_model.") for k in keys)
+    has_a = any(k.startswith("audio_model.") for k in keys)
+    name = info.path.name
+    if has_v and has_a:
+        return
+    if has_v or has_a:
+        have = "video_model.*" if has_v else "audio_model.*"
+        miss = "audio_model.*" if has_v else "video_model.*"
+        raise WrongFileError(f"{name} has {have} keys but no {miss} keys: it holds only one tower of Ovi. Use {GET_WEIGHTS}")
+    for pattern, what, instead in FOREIGN_LAYOUTS:
+        if any(re.match(pattern, k) for k in keys):
+            raise WrongFileError(f"{name} has no video_model.*/audio_model.* keys — it looks like {what}; {instead}. "
+                                 f"The Ovi model loader needs {GET_WEIGHTS}")
+    sample = ", ".join(keys[:3]) or "no tensors at all"
+    raise WrongFileError(f"{name} is not an Ovi fused checkpoint (first keys: {sample}). Use {GET_WEIGHTS}")
+
+
+def config_from_checkpoint(info: CheckpointInfo, num_heads: int | None = None) -> FusionConfig:
+    """Read the model size from weight shapes (heads from file metadata, the argument, or head_dim 128)."""
+    s = info.shapes
+    try:
+        dim, in_v = s["video_model.patch_embedding.weight"][:2]
+        in_a = s["audio_model.patch_embedding.0.weight"][1]
+        ffn = s["video_model.blocks.0.ffn.0.weight"][0]
+        out_v = s["video_model.head.head.weight"][0] // 4
+        out_a = s["audio_model.head.head.weight"][0]
+    except KeyError as exc:
+        raise WrongFileError(f"{info.path.name} lacks {exc.args[0]}: the file is incomplete. Use {GET_WEIGHTS}") from None
+    layers = 1 + max(int(m.group(1)) for k in s if (m := re.match(r"video_model\.blocks\.(\d+)\.", k)))
+    if "ovi_config" in info.metadata:
+        return FusionConfig.from_reference_json(json.loads(info.metadata["ovi_config"]))
+    if num_heads is None:
+        if dim % 128:
+            raise WrongFileError(f"{info.path.name}: cannot tell the number of attention heads for width {dim} "
+                                 "(not a multiple of 128); pass a config")
+        num_heads = dim // 128
+    kw = dict(dim=dim, ffn_dim=ffn, num_heads=num_heads, num_layers=layers)
+    return FusionConfig(
+        video=TowerConfig(kind="video", in_dim=in_v, out_dim=out_v, **kw),
+        audio=TowerConfig(kind="audio", in_dim=in_a, out_dim=out_a, patch_size=(1,), temporal_rope_scale=0.19676, **kw),
+    )
+
+
+def detect_variant(info: CheckpointInfo) -> tuple[str, str]:
+    """(variant name, where it came from). All variants share one architecture, so shapes cannot tell."""
+    if info.metadata.get("ovi_variant") in VARIANTS:
+        return info.metadata["ovi_variant"], "file metadata"
+    name = info.path.name
+    if name == FP8_FILENAME:
+        return "720x720_5s", "file name"
+    for v in VARIANTS.values():
+        if name == v.filename:
+            return v.name, "file name"
+    low = name.lower()
+    if "10s" in low and "960" in low:
+        return "960x960_10s", "file name"
+    if "960" in low:
+        return "960x960_5s", "file name"
+    if "720" in low:
+        return "720x720_5s", "file name"
+    return DEFAULT_VARIANT, "default"
+
+
+def _check_keys(model: nn.Module, info: CheckpointInfo) -> None:
+    want = {k: tuple(p.shape) for k, p in model.state_dict(keep_vars=True).items()}
+    missing = [k for k in want if k not in info.shapes]
+    unexpected = [k for k in info.shapes if k not in want]
+    wrong = [f"{k}: file {list(info.shapes[k])}, model {list(want[k])}" for k in want
+             if k in info.shapes and info.shapes[k] != want[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} keys missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:2])})")
+    if problems:
+        raise WrongFileError(f"{info.path.name} does not match the Ovi fused model: {'; '.join(problems)}. "
+                             f"The file may be incomplete or of another model; use {GET_WEIGHTS}")
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
+WEIGHT_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                 "fp8_e4m3fn": torch.float8_e4m3fn}
+
+
+def _is_matmul_weight(name: str, t: torch.Tensor) -> bool:
+    return ".blocks." in name and name.endswith(".weight") and t.dim() == 2
+
+
+def load_fusion_model(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    weight_dtype: str = "auto",
+    config: FusionConfig | None = None,
+    variant: str | None = None,
+    attention: str = "sdpa",
+) -> tuple[OviFusion, LoadInfo]:
+    """Load a fused checkpoint into an OviFusion, streaming tensors one by one.
+
+    dtype: compute dtype. weight_dtype: how weights are kept in memory — "auto" (fp8 files stay fp8, others
+    take the compute dtype), "bf16", "fp16", "fp32", or "fp8_e4m3fn" (block matmul weights cast to fp8 e4m3fn,
+    upcast per layer when used; halves memory at some quality cost, as the reference's fp8 file).
+    """
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
+    info = inspect_checkpoint(path)
+    check_is_fusion_checkpoint(info)
+    cfg = config or config_from_checkpoint(info)
+    if variant is not None:
+        from ovi_core.config import get_variant
+
+        variant_name, source = get_variant(variant).name, "argument"
+    else:
+        variant_name, source = detect_variant(info)
+        if source == "default":
+            log.warning("%s: cannot tell the variant from the file name; assuming %s (set it explicitly if wrong)",
+                        info.path.name, variant_name)
+    with torch.device("meta"):
+        model = OviFusion(cfg)
+    _check_keys(model, info)
+
+    store = WEIGHT_DTYPES[weight_dtype]
+    device = torch.device(device)
+    total_bytes = 0
+
+    def place(name: str, tensor: torch.Tensor) -> None:
+        nonlocal total_bytes
+        if store is torch.float8_e4m3fn:
+            target = torch.float8_e4m3fn if _is_matmul_weight(name, tensor) else dtype
+        elif store is None:
+            target = tensor.dtype if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
+        else:
+            target = store
+        tensor = tensor.to(device=device, dtype=target)
+        if not torch.isfinite(tensor.float() if tensor.dtype.itemsize == 1 else tensor).all():
+            raise WrongFileError(f"{info.path.name}: tensor {name} contains NaN or infinite values; the file is corrupt")
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        total_bytes += tensor.numel() * tensor.element_size()
+
+    if info.format == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(info.path), framework="pt", device="cpu") as f:
+                for name, file_key in info.file_keys.items():
+                    place(name, f.get_tensor(file_key))
+        except WrongFileError:
+            raise
+        except Exception as exc:  # a corrupt file fails here with safetensors' own error
+            raise WrongFileError(f"{info.path.name} could not be read ({type(exc).__name__}: {exc}); the file is corrupt") from None
+    else:
+        sd = _torch_load_state_dict(info.path)
+        for name, file_key in info.file_keys.items():
+            place(name, sd[file_key])
+        del sd
+
+    model.set_compute_dtype(dtype)
+    model.set_attention_backend(attention)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    log.info("loaded %s: variant %s (%s), %s parameters, %.2f GB in memory", info.path.name, variant_name, source,
+             f"{params:,}", total_bytes / 1e9)
+    return model, LoadInfo(variant_name, source, cfg, info.is_fp8 or store is torch.float8_e4m3fn, params, total_bytes)
+
+
+def save_fusion_checkpoint(model: OviFusion, path: str | os.PathLike, variant: str | None = None,
+                           dtype: torch.dtype | None = None) -> None:
+    """Write a model in the released layout (atomically), with its config and variant as metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    sd = {k: (v.to(dtype) if dtype is not None else v).contiguous() for k, v in model.state_dict().items()}
+    meta = {"ovi_config": json.dumps(model.cfg.to_reference_json())}
+    if variant:
+        meta["ovi_variant"] = variant
+    tmp = path.with_name(path.name + ".partial")
+    save_file(sd, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def init_weights_seeded(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Deterministic random weights (the golden set's recipe), drawn in state_dict order.
+
+    1-D '*weight' (norm scales) = 1 + 0.1 N; '*bias' = 0.02 N; '*modulation' = 0.1 N;
+    other weights = N * min(0.1, max(0.02, 1/sqrt(fan_in))). Used by the demo model and tests.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.state_dict(keep_vars=True).items():
+            n = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if name.endswith("modulation"):
+                v = 0.1 * n
+            elif name.endswith("bias"):
+                v = 0.02 * n
+            elif name.endswith("weight") and p.dim() == 1:
+                v = 1 + 0.1 * n
+            else:
+                fan_in = p[0].numel() if p.dim() > 1 else p.numel()
+                v = n * min(0.1, max(0.02, fan_in**-0.5))
+            if p.is_meta:
+                module_name, _, attr = name.rpartition(".")
+                model.get_submodule(module_name)._parameters[attr] = nn.Parameter(v, requires_grad=False)
+            else:
+                p.copy_(v)
+    return model

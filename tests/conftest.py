@@ -1,0 +1,37 @@
+"""Shared fixtures: the golden folder, and the tiny models built from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GOLDEN = ROOT.parent / "shared" / "golden" / "ovi_tiny"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def golden_path() -> Path:
+    return Path(os.environ.get("OVI_GOLDEN_DIR", DEFAULT_GOLDEN))
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The golden vectors. In CI (CI=true) a missing folder is a failure, elsewhere a skip."""
+    path = golden_path()
+    if not (path / "tiny_fusion.safetensors").exists():
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"golden vectors not found at {path} (set OVI_GOLDEN_DIR)")
+        pytest.skip(f"golden vectors not found at {path} (set OVI_GOLDEN_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_fusion(golden_dir):
+    """The golden tiny fusion model, float32 (shared: do not modify it in a test)."""
+    from ovi_core.conformance_cases.forward import tiny_model
+
+    return tiny_model(golden_dir)

@@ -1,0 +1,146 @@
+"""The fusion model against the golden vectors, at full size on the meta device, and its behaviours."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ovi_core.config import FusionConfig
+from ovi_core.conformance_cases import forward
+from ovi_core.errors import OviInputError
+from ovi_core.fusion import OviFusion
+
+
+@pytest.mark.parametrize("case", [0, 1, 2])
+def test_forward_golden_cases(golden_dir, case):
+    outcome = forward.run(golden_dir / f"forward_case_{case}.safetensors")
+    assert outcome.passed, outcome
+    assert outcome.max_abs_err < 1e-5  # measured ~1.6e-6; the reference's fp32-vs-fp64 gap is 2.75e-6
+
+
+def _released_keys(golden_dir):
+    """Expand the released key list (one line per pattern, x30 for per-block keys)."""
+    keys = {}
+    for line in (golden_dir.parent / "ovi_released_keys.txt").read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) < 4 or "." not in parts[0]:
+            continue
+        shape = tuple(int(s) for s in re.findall(r"\d+", parts[1]))
+        count = int(parts[3].lstrip("x"))
+        for i in range(count):
+            keys[parts[0].replace("{i}", str(i))] = shape
+    return keys
+
+
+def test_full_size_keys_and_parameter_count(golden_dir):
+    with torch.device("meta"):
+        model = OviFusion(FusionConfig.full())
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == _released_keys(golden_dir)
+    assert len(ours) == 2073
+    assert sum(p.numel() for p in model.parameters()) == 11_660_753_108
+    assert sum(p.numel() for p in model.audio_model.parameters()) == 6_094_273_556
+
+
+def _case(golden_dir, n):
+    return load_file(str(golden_dir / f"forward_case_{n}.safetensors"))
+
+
+def test_bf16_compute_is_within_bf16_tolerance(golden_dir, tiny_fusion):
+    d = _case(golden_dir, 0)
+    try:
+        tiny_fusion.set_compute_dtype(torch.bfloat16)
+        v, a = tiny_fusion(d["in.video_latent"], d["in.audio_latent"], d["in.t"], [d["in.video_context"]],
+                           [d["in.audio_context"]])
+    finally:
+        tiny_fusion.set_compute_dtype(torch.float32)
+    for got, want in ((v[0], d["out.video"]), (a[0], d["out.audio"])):
+        rel = (got - want).norm() / want.norm()
+        assert rel < 0.03, rel  # the golden README's bound for bf16 implementations
+        assert rel > 0  # it really ran in bf16
+
+
+def test_batched_cfg_with_skip_mask_equals_two_passes(golden_dir, tiny_fusion):
+    d = _case(golden_dir, 1)
+    v, a, t = d["in.video_latent"], d["in.audio_latent"], d["in.t"]
+    ctx_pos, ctx_vneg, ctx_aneg = d["in.video_context"], d["in.audio_context"], d["in.video_context"][:3]
+    pos = tiny_fusion(v, a, t, [ctx_pos], [ctx_pos])
+    neg = tiny_fusion(v, a, t, [ctx_vneg], [ctx_aneg], slg_layer=1)
+    text = tiny_fusion.prepare_text([ctx_pos, ctx_vneg], [ctx_pos, ctx_aneg])
+    bv, ba = tiny_fusion(torch.stack([v, v]), torch.stack([a, a]), t, text=text, slg_layer=1,
+                         skip_mask=torch.tensor([False, True]))
+    # not bit-exact: BLAS blocks a batch of two differently from a batch of one (float32 rounding, ~2e-6)
+    torch.testing.assert_close(bv[0], pos[0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(bv[1], neg[0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ba[0], pos[1][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ba[1], neg[1][0], atol=1e-5, rtol=0)
+    assert (pos[0] - neg[0]).abs().max() > 1e-2  # the two passes really differ
+
+
+def test_prepared_text_equals_per_call_text(golden_dir, tiny_fusion):
+    d = _case(golden_dir, 0)
+    args = (d["in.video_latent"], d["in.audio_latent"], d["in.t"])
+    direct = tiny_fusion(*args, [d["in.video_context"]], [d["in.audio_context"]])
+    cached = tiny_fusion(*args, text=tiny_fusion.prepare_text([d["in.video_context"]], [d["in.audio_context"]]))
+    assert torch.equal(direct[0], cached[0]) and torch.equal(direct[1], cached[1])
+
+
+def test_zero_padded_512_row_context_equals_trimmed_context(golden_dir, tiny_fusion):
+    # ComfyUI's CLIPTextEncode hands over [1, 512, 4096] with padding rows zeroed: the same thing.
+    d = _case(golden_dir, 0)
+    padded = torch.zeros(1, 512, 4096)
+    padded[0, : d["in.video_context"].shape[0]] = d["in.video_context"]
+    args = (d["in.video_latent"], d["in.audio_latent"], d["in.t"])
+    a = tiny_fusion(*args, padded, [d["in.audio_context"]])
+    b = tiny_fusion(*args, [d["in.video_context"]], [d["in.audio_context"]])
+    assert torch.equal(a[0], b[0])
+
+
+def test_fusion_is_bidirectional(golden_dir, tiny_fusion):
+    d = _case(golden_dir, 0)
+    ctx = ([d["in.video_context"]], [d["in.audio_context"]])
+    base = tiny_fusion(d["in.video_latent"], d["in.audio_latent"], d["in.t"], *ctx)
+    moved_audio = tiny_fusion(d["in.video_latent"], d["in.audio_latent"] + 0.5, d["in.t"], *ctx)
+    moved_video = tiny_fusion(d["in.video_latent"] + 0.5, d["in.audio_latent"], d["in.t"], *ctx)
+    assert (moved_audio[0] - base[0]).abs().max() > 0.05  # audio input changes the video output
+    assert (moved_video[1] - base[1]).abs().max() > 0.05  # and vice versa
+
+
+def test_first_frame_is_clean_only_changes_time_of_first_frame_tokens(golden_dir, tiny_fusion):
+    d = _case(golden_dir, 2)
+    args = (d["in.video_latent"], d["in.audio_latent"], d["in.t"], [d["in.video_context"]], [d["in.audio_context"]])
+    clean = tiny_fusion(*args, first_frame_is_clean=True)
+    plain = tiny_fusion(*args)
+    assert (clean[0] - plain[0]).abs().max() > 1e-2
+    # with t = 0 everywhere, marking the first frame clean changes nothing (up to float32 rounding of a
+    # time embedding computed for two timesteps instead of one)
+    zero = (d["in.video_latent"], d["in.audio_latent"], torch.tensor([0]), *args[3:])
+    torch.testing.assert_close(tiny_fusion(*zero, first_frame_is_clean=True)[0], tiny_fusion(*zero)[0], atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_get_clear_errors(tiny_fusion):
+    ctx = [torch.zeros(3, 4096)]
+    a = torch.zeros(1, 8, 20)
+    with pytest.raises(OviInputError, match="16-channel"):
+        tiny_fusion(torch.zeros(1, 16, 2, 4, 4), a, 500, ctx, ctx)
+    with pytest.raises(OviInputError, match="even"):
+        tiny_fusion(torch.zeros(1, 48, 2, 5, 4), a, 500, ctx, ctx)
+    with pytest.raises(OviInputError, match=r"\[B, L, 20\]"):
+        tiny_fusion(torch.zeros(1, 48, 2, 4, 4), torch.zeros(1, 20, 8), 500, ctx, ctx)
+    with pytest.raises(OviInputError, match="at most 512"):
+        tiny_fusion(torch.zeros(1, 48, 2, 4, 4), a, 500, [torch.zeros(513, 4096)], ctx)
+    with pytest.raises(OviInputError, match="4096"):
+        tiny_fusion(torch.zeros(1, 48, 2, 4, 4), a, 500, [torch.zeros(3, 768)], ctx)
+
+
+def test_reference_json_round_trip(golden_dir):
+    import json
+
+    data = json.loads((golden_dir / "tiny_config.json").read_text())
+    cfg = FusionConfig.from_reference_json(data)
+    assert cfg == FusionConfig.tiny()
+    assert FusionConfig.from_reference_json(cfg.to_reference_json()) == cfg
+    assert cfg.audio.temporal_rope_scale == pytest.approx(0.19676)
