@@ -74,6 +74,9 @@ class OviFusion(nn.Module):
         self.audio_model = WanTower(self.cfg.audio)
         self.attention_backend = "sdpa"
         self.compute_dtype = torch.float32
+        self.ffn_chunk = 0  # >0: run the FFNs over this many tokens at a time (lower peak memory, same numbers)
+        self._swap: tuple[int, torch.device, torch.device] | None = None  # (blocks, compute, offload device)
+        self._rope_cache: dict = {}
 
     # ---- settings -------------------------------------------------------------------------------------
     def set_compute_dtype(self, dtype: torch.dtype) -> OviFusion:
@@ -88,9 +91,31 @@ class OviFusion(nn.Module):
         self.attention_backend = resolve_backend(name, self.device)
         return self
 
+    def enable_block_swap(self, num_blocks: int, compute_device, offload_device="cpu") -> OviFusion:
+        """Keep the first `num_blocks` fused blocks on `offload_device` and move each one to the compute device
+        only while it runs; everything else lives on the compute device. 0 turns swapping off."""
+        compute_device, offload_device = torch.device(compute_device), torch.device(offload_device)
+        num_blocks = max(0, min(int(num_blocks), self.cfg.num_layers))
+        self.to(compute_device)
+        for i in range(num_blocks):
+            self.video_model.blocks[i].to(offload_device)
+            self.audio_model.blocks[i].to(offload_device)
+        self._swap = (num_blocks, compute_device, offload_device) if num_blocks else None
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.video_model.head.modulation.device
+
+    def _ropes(self, grid_v, grid_a, dev):
+        key = (grid_v, grid_a, str(dev))
+        if key not in self._rope_cache:
+            head_dim = self.cfg.video.head_dim
+            self._rope_cache = {key: (  # keep only the latest grid: one generation uses one size
+                video_rope(*grid_v, head_dim, device=dev),
+                audio_rope(grid_a[0], head_dim, self.cfg.audio.temporal_rope_scale, device=dev),
+            )}
+        return self._rope_cache[key]
 
     # ---- text -------------------------------------------------------------------------------------------
     def _pad_context(self, context, batch: int) -> torch.Tensor:
@@ -165,17 +190,22 @@ class OviFusion(nn.Module):
         mod_v = _Modulation(*self.video_model.embed_time(tv), index)
         mod_a = _Modulation(*self.audio_model.embed_time(t[:, None]), None)
 
-        # 3. RoPE tables
-        head_dim = self.cfg.video.head_dim
-        rope_v = video_rope(*grid_v, head_dim, device=dev)
-        rope_a = audio_rope(grid_a[0], head_dim, self.cfg.audio.temporal_rope_scale, device=dev)
+        # 3. RoPE tables (cached per token grid)
+        rope_v, rope_a = self._ropes(grid_v, grid_a, dev)
 
         # 4. fused blocks (SLG: block slg_layer skipped, for all rows or the rows in skip_mask)
         for i in range(self.cfg.num_layers):
             skip = slg_layer > 0 and i == slg_layer
             if skip and skip_mask is None:
                 continue
+            swapped = self._swap is not None and i < self._swap[0]
+            if swapped:
+                self.video_model.blocks[i].to(dev)
+                self.audio_model.blocks[i].to(dev)
             nv, na = self._fused_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend)
+            if swapped:
+                self.video_model.blocks[i].to(self._swap[2])
+                self.audio_model.blocks[i].to(self._swap[2])
             if skip:
                 keep = skip_mask.to(dev).view(-1, 1, 1)
                 nv, na = torch.where(keep, xv, nv), torch.where(keep, xa, na)
@@ -197,12 +227,20 @@ class OviFusion(nn.Module):
 
         # audio cross step: text + the video stream after its self-attention; then FFN
         xa = xa + ab.cross_attn(ab.norm3(xa), text.audio_kv[i], xv, rope_a, rope_v, backend).float()
-        xa = xa + ea[5] * ab.ffn(ab.norm2(xa) * (1 + ea[4]) + ea[3]).float()
+        xa = xa + ea[5] * self._ffn(ab, ab.norm2(xa) * (1 + ea[4]) + ea[3])
 
         # video cross step: text + the audio stream after its self-attention; then FFN
         xv = xv + vb.cross_attn(vb.norm3(xv), text.video_kv[i], xa_sa, rope_v, rope_a, backend).float()
-        xv = xv + ev[5] * vb.ffn(vb.norm2(xv) * (1 + ev[4]) + ev[3]).float()
+        xv = xv + ev[5] * self._ffn(vb, vb.norm2(xv) * (1 + ev[4]) + ev[3])
         return xv, xa
+
+    def _ffn(self, block: TowerBlock, x: torch.Tensor) -> torch.Tensor:
+        """The block's FFN in float32 out; in token chunks when ffn_chunk is set (the [L, ffn_dim] hidden
+        state is the largest activation of a step)."""
+        n = self.ffn_chunk
+        if n <= 0 or x.shape[1] <= n:
+            return block.ffn(x).float()
+        return torch.cat([block.ffn(c).float() for c in x.split(n, dim=1)], dim=1)
 
     @staticmethod
     def _head(tower: WanTower, x: torch.Tensor, mod: _Modulation, grid) -> torch.Tensor:

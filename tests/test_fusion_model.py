@@ -144,3 +144,18 @@ def test_reference_json_round_trip(golden_dir):
     assert cfg == FusionConfig.tiny()
     assert FusionConfig.from_reference_json(cfg.to_reference_json()) == cfg
     assert cfg.audio.temporal_rope_scale == pytest.approx(0.19676)
+
+
+def test_ffn_chunking_and_block_swap_keep_the_numbers(golden_dir, tiny_fusion):
+    d = _case(golden_dir, 1)
+    args = (d["in.video_latent"], d["in.audio_latent"], d["in.t"], [d["in.video_context"]], [d["in.audio_context"]])
+    base = tiny_fusion(*args, slg_layer=1)
+    try:
+        tiny_fusion.ffn_chunk = 5  # 24 video tokens, 11 audio tokens: several uneven chunks
+        tiny_fusion.enable_block_swap(2, "cpu", "cpu")
+        got = tiny_fusion(*args, slg_layer=1)
+    finally:
+        tiny_fusion.ffn_chunk = 0
+        tiny_fusion.enable_block_swap(0, "cpu")
+    torch.testing.assert_close(got[0], base[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[1], base[1], atol=1e-6, rtol=0)
