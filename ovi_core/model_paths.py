@@ -1,0 +1,277 @@
+"""Finding Ovi's weight files: the reference's download folder, ComfyUI's models folders, or explicit paths.
+
+Ovi needs five files (plus the umT5 tokenizer when the text encoder file does not carry one):
+
+    part           reference download (ckpts/...)                  ComfyUI models/...
+    fused model    Ovi/model.safetensors (or _960x960, _960x960_10s) ovi/ or diffusion_models/
+    text encoder   Wan2.2-TI2V-5B/models_t5_umt5-xxl-enc-bf16.pth     text_encoders/umt5_xxl_fp16.safetensors
+    tokenizer      Wan2.2-TI2V-5B/google/umt5-xxl/                     (inside ComfyUI's umt5 files)
+    video VAE      Wan2.2-TI2V-5B/Wan2.2_VAE.pth                       vae/wan2.2_vae.safetensors
+    audio VAE      MMAudio/ext_weights/v1-16.pth                       vae/ or mmaudio/
+    vocoder        MMAudio/ext_weights/best_netG.pt                    vae/ or mmaudio/
+
+The tables below are data; ``find_in_reference_folder`` and ``find_in_comfy_models`` only apply them. A missing
+file raises MissingWeightsError naming the file, the folders searched and where to download it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, Variant, get_variant
+from ovi_core.errors import OviInputError, WrongFileError
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("fusion", "text_encoder", "video_vae", "audio_vae", "vocoder")
+LABELS = {
+    "fusion": "fused Ovi model",
+    "text_encoder": "umT5-XXL text encoder",
+    "tokenizer": "umT5 tokenizer",
+    "video_vae": "Wan2.2 video VAE",
+    "audio_vae": "MMAudio 16 kHz audio VAE",
+    "vocoder": "BigVGAN vocoder",
+}
+WHERE_TO_GET = {
+    "fusion": "huggingface.co/chetwinlow1/Ovi (model.safetensors = 720x720_5s, model_960x960.safetensors, "
+              "model_960x960_10s.safetensors; fp8: huggingface.co/rkfg/Ovi-fp8_quantized)",
+    "text_encoder": "huggingface.co/Wan-AI/Wan2.2-TI2V-5B (models_t5_umt5-xxl-enc-bf16.pth with its google/umt5-xxl "
+                    "tokenizer folder), or ComfyUI's umt5_xxl_fp16.safetensors (Comfy-Org/Wan_2.1_ComfyUI_repackaged)",
+    "tokenizer": "huggingface.co/Wan-AI/Wan2.2-TI2V-5B (the google/umt5-xxl folder)",
+    "video_vae": "huggingface.co/Wan-AI/Wan2.2-TI2V-5B (Wan2.2_VAE.pth), or ComfyUI's wan2.2_vae.safetensors "
+                 "(Comfy-Org/Wan_2.2_ComfyUI_Repackaged)",
+    "audio_vae": "huggingface.co/hkchengrex/MMAudio (ext_weights/v1-16.pth)",
+    "vocoder": "huggingface.co/hkchengrex/MMAudio (ext_weights/best_netG.pt)",
+}
+
+# The reference's download folder (download_weights.py): part -> (sub-folder, file names in order of preference).
+REFERENCE_LAYOUT: dict[str, tuple[str, tuple[str, ...]]] = {
+    "text_encoder": ("Wan2.2-TI2V-5B", ("models_t5_umt5-xxl-enc-bf16.pth",)),
+    "tokenizer": ("Wan2.2-TI2V-5B", ("google/umt5-xxl",)),
+    "video_vae": ("Wan2.2-TI2V-5B", ("Wan2.2_VAE.pth",)),
+    "audio_vae": ("MMAudio/ext_weights", ("v1-16.pth",)),
+    "vocoder": ("MMAudio/ext_weights", ("best_netG.pt",)),
+}
+REFERENCE_FUSION_FOLDER = "Ovi"
+
+# ComfyUI's models folder: part -> (sub-folders in order, file names in order of preference).
+COMFY_LAYOUT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "text_encoder": (("text_encoders", "clip"), (
+        "umt5_xxl_fp16.safetensors", "umt5-xxl-enc-bf16.safetensors", "models_t5_umt5-xxl-enc-bf16.pth",
+        "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "umt5-xxl-enc-fp8_e4m3fn.safetensors")),
+    "video_vae": (("vae",), (
+        "wan2.2_vae.safetensors", "Wan2.2_VAE.pth", "Wan2_2_VAE_bf16.safetensors", "Wan2_2_VAE_fp32.safetensors")),
+    "audio_vae": (("mmaudio", "vae", "ovi"), (
+        "v1-16.pth", "mmaudio_vae_16k_fp32.safetensors", "mmaudio_vae_16k_bf16.safetensors",
+        "mmaudio_vae_16k_fp16.safetensors")),
+    "vocoder": (("mmaudio", "vae", "ovi"), (
+        "best_netG.pt", "mmaudio_vocoder_bigvgan_best_netG_fp32.safetensors",
+        "mmaudio_vocoder_bigvgan_best_netG_bf16.safetensors", "mmaudio_vocoder_bigvgan_best_netG_fp16.safetensors")),
+}
+COMFY_FUSION_FOLDERS = ("ovi", "diffusion_models", "unet")
+FUSION_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt")
+
+
+class MissingWeightsError(WrongFileError):
+    """One or more weight files were not found; the message lists each with where it was looked for."""
+
+
+@dataclass(frozen=True)
+class OviWeightPaths:
+    """The files of one Ovi setup. tokenizer None: the text encoder file carries its own, or it sits next to it."""
+
+    fusion: Path
+    text_encoder: Path
+    video_vae: Path
+    audio_vae: Path
+    vocoder: Path | None  # None: the audio VAE file carries the vocoder (ComfyUI's single MMAudio file)
+    tokenizer: Path | None = None
+    variant: str = DEFAULT_VARIANT
+
+    def with_overrides(self, **paths) -> OviWeightPaths:
+        """A copy with some paths replaced (None values are ignored)."""
+        given = {k: Path(v) for k, v in paths.items() if v is not None and k != "variant"}
+        return replace(self, **given)
+
+    def describe(self) -> str:
+        return "\n".join(f"  {LABELS[f.name]:<26} {getattr(self, f.name)}" for f in fields(self)
+                         if f.name != "variant" and getattr(self, f.name) is not None)
+
+
+def missing_message(part: str, looked_for: list[str] | str, where: list[Path] | Path | str) -> str:
+    names = looked_for if isinstance(looked_for, str) else " or ".join(looked_for)
+    if isinstance(where, (list, tuple)):
+        where = ", ".join(str(w) for w in where)
+    return f"{LABELS[part]}: looked for {names} in {where} — get it from {WHERE_TO_GET[part]}"
+
+
+def raise_if_missing(problems: list[str]) -> None:
+    if problems:
+        raise MissingWeightsError("Ovi weights not found: " + "; ".join(problems))
+
+
+def check_paths(paths: OviWeightPaths) -> None:
+    """MissingWeightsError for every file in ``paths`` that does not exist."""
+    problems = []
+    for part in (*PARTS, "tokenizer"):
+        p = getattr(paths, part)
+        if p is not None and not p.exists():
+            problems.append(missing_message(part, p.name, p.parent.resolve()))
+    raise_if_missing(problems)
+
+
+def _variant_list(variant: str | None, fp8: bool) -> list[Variant]:
+    if variant is not None:
+        v = get_variant(variant)
+        if fp8 and v.name != "720x720_5s":
+            raise OviInputError(f"the fp8 file ({FP8_FILENAME}) exists only for the 720x720_5s model, not {v.name}")
+        return [v]
+    return [VARIANTS["720x720_5s"]] if fp8 else list(VARIANTS.values())
+
+
+def find_in_reference_folder(root: str | os.PathLike, variant: str | None = None, fp8: bool = False,
+                             skip: frozenset[str] = frozenset()) -> OviWeightPaths:
+    """The files of a folder laid out like the reference's download (``ckpts/``: Ovi/, Wan2.2-TI2V-5B/, MMAudio/).
+
+    variant None: the first fused file found in the order 720x720_5s, 960x960_5s, 960x960_10s.
+    skip: parts given elsewhere (explicit paths), not looked for; they come back as None."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MissingWeightsError(f"the weights folder {root} does not exist (expected the reference's download "
+                                  "folder with Ovi/, Wan2.2-TI2V-5B/ and MMAudio/ext_weights/ inside)")
+    if (root / "ckpts").is_dir() and not (root / REFERENCE_FUSION_FOLDER).is_dir():
+        root = root / "ckpts"  # the Ovi repository root was given
+    problems: list[str] = []
+    found: dict[str, Path | None] = {}
+
+    candidates = _variant_list(variant, fp8)
+    names = [FP8_FILENAME if fp8 else v.filename for v in candidates]
+    fusion_dir = root / REFERENCE_FUSION_FOLDER
+    hits = [(v, fusion_dir / n) for v, n in zip(candidates, names, strict=True) if (fusion_dir / n).is_file()]
+    if "fusion" in skip:
+        chosen_variant, found["fusion"] = candidates[0], None
+    elif hits:
+        chosen_variant, found["fusion"] = hits[0]
+        if variant is None and len(candidates) > 1:
+            logger.info("using the %s model (%s); pass a variant to choose another", chosen_variant.name, hits[0][1].name)
+    else:
+        chosen_variant = candidates[0]
+        problems.append(missing_message("fusion", names, fusion_dir))
+
+    for part, (sub, file_names) in REFERENCE_LAYOUT.items():
+        if part in skip:
+            found[part] = None
+            continue
+        folder = root / sub
+        hit = next((folder / n for n in file_names if (folder / n).exists()), None)
+        if hit is None and part != "tokenizer":
+            problems.append(missing_message(part, list(file_names), folder))
+        found[part] = hit
+    raise_if_missing(problems)
+    return OviWeightPaths(variant=chosen_variant.name, **found)
+
+
+def _files_under(folder: Path, depth: int = 2):
+    """Files in ``folder`` and its sub-folders down to ``depth`` levels, sorted, following symlinks."""
+    if not folder.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        rel_depth = len(Path(dirpath).relative_to(folder).parts)
+        if rel_depth >= depth:
+            dirnames[:] = []
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def _fusion_candidates(models: Path, variants: list[Variant], fp8: bool) -> tuple[list[tuple[Variant, Path]], list[str]]:
+    """Fused Ovi files under ovi/, diffusion_models/, unet/ whose header holds both towers, per wanted variant."""
+    from ovi_core.weights import check_is_fusion_checkpoint, detect_variant, inspect_checkpoint
+
+    exact = {FP8_FILENAME} if fp8 else {v.filename for v in variants}
+    rejected: list[str] = []
+    hits: list[tuple[Variant, Path]] = []
+    for sub in COMFY_FUSION_FOLDERS:
+        for path in _files_under(models / sub):
+            name = path.name
+            if not name.endswith(FUSION_SUFFIXES) or (name not in exact and "ovi" not in name.lower()):
+                continue
+            if fp8 and name != FP8_FILENAME and "fp8" not in name.lower():
+                continue
+            try:
+                info = inspect_checkpoint(path)
+                check_is_fusion_checkpoint(info)
+            except WrongFileError as exc:
+                rejected.append(f"{path.name}: {str(exc).split(';')[0][:160]}")
+                logger.debug("skipping %s: %s", path, exc)
+                continue
+            name_variant, _ = detect_variant(info)
+            for v in variants:
+                if v.name == name_variant:
+                    hits.append((v, path))
+    order = {v.name: i for i, v in enumerate(variants)}
+    hits.sort(key=lambda vp: order[vp[0].name])
+    return hits, rejected
+
+
+def _carries_vocoder(path: Path | None) -> bool:
+    """True for a safetensors audio VAE file that also holds the vocoder (``vocoder.*`` keys)."""
+    if path is None or path.suffix != ".safetensors":
+        return False
+    from ovi_core.weights import read_safetensors_header
+
+    try:
+        header, _ = read_safetensors_header(path)
+    except WrongFileError:
+        return False
+    return any(k.startswith("vocoder.") for k in header)
+
+
+def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | None = None, fp8: bool = False,
+                         skip: frozenset[str] = frozenset()) -> OviWeightPaths:
+    """The files in a ComfyUI ``models/`` folder (the fused model in ovi/ or diffusion_models/, the encoder in
+    text_encoders/, the VAEs and vocoder in vae/ or mmaudio/). skip: as find_in_reference_folder.
+
+    An MMAudio VAE file that carries the vocoder too (``vae.*`` + ``vocoder.*`` keys) needs no vocoder file."""
+    models = Path(models_dir).expanduser()
+    if not models.is_dir():
+        raise MissingWeightsError(f"the ComfyUI models folder {models} does not exist")
+    if (models / "models").is_dir() and not (models / "diffusion_models").is_dir():
+        models = models / "models"  # the ComfyUI root was given
+    problems: list[str] = []
+    found: dict[str, Path | None] = {"tokenizer": None}
+
+    candidates = _variant_list(variant, fp8)
+    hits, rejected = ([], []) if "fusion" in skip else _fusion_candidates(models, candidates, fp8)
+    if "fusion" in skip:
+        chosen_variant, found["fusion"] = candidates[0], None
+    elif hits:
+        chosen_variant, found["fusion"] = hits[0]
+        if len(hits) > 1:
+            logger.info("using %s (%s); other Ovi models found: %s", hits[0][1], chosen_variant.name,
+                        ", ".join(p.name for _, p in hits[1:]))
+    else:
+        chosen_variant = candidates[0]
+        names = [FP8_FILENAME] if fp8 else [v.filename for v in candidates] + ["a file with 'ovi' in its name"]
+        msg = missing_message("fusion", names, [models / s for s in COMFY_FUSION_FOLDERS])
+        if rejected:
+            msg += f" (not usable: {', '.join(rejected[:3])})"
+        problems.append(msg)
+
+    for part, (subs, file_names) in COMFY_LAYOUT.items():
+        if part in skip or (part == "vocoder" and _carries_vocoder(found.get("audio_vae"))):
+            found[part] = None
+            continue
+        folders = [models / s for s in subs]
+        present = {}
+        for p in (p for f in folders for p in _files_under(f)):
+            present.setdefault(p.name, p)  # the first folder wins for a name
+        hit = next((present[n] for n in file_names if n in present), None)  # names in order of preference
+        if hit is None:
+            problems.append(missing_message(part, list(file_names), folders))
+        found[part] = hit
+    raise_if_missing(problems)
+    return OviWeightPaths(variant=chosen_variant.name, **found)
