@@ -1,6 +1,22 @@
-"""ComfyUI-Ovi: ComfyUI entry point. Imports outside ComfyUI too (the node mappings are then still defined)."""
+"""ComfyUI-Ovi: ComfyUI entry point. Imports outside ComfyUI too (the node mappings are then still defined).
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+ComfyUI imports this folder as a package named after the folder; the pure-PyTorch core must be importable as
+``ovi_core`` (its modules import each other by that name), so it is registered under that name from this folder
+when it is not importable already. Nothing else of the folder is put on sys.path.
+"""
+
+import importlib.util
+import os
+import sys
+
+if "ovi_core" not in sys.modules and importlib.util.find_spec("ovi_core") is None:
+    _core = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ovi_core")
+    _spec = importlib.util.spec_from_file_location("ovi_core", os.path.join(_core, "__init__.py"),
+                                                   submodule_search_locations=[_core])
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["ovi_core"] = _module
+    _spec.loader.exec_module(_module)
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

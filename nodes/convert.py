@@ -1,0 +1,173 @@
+"""Conversions between ComfyUI's socket types and ovi_core's tensors, with the checks that turn a wrong input
+into a message a user can act on.
+
+LATENT layouts produced and accepted by the pack (documented in docs_nodes.md):
+- video: ``{"samples": [B, 48, F, H/16, W/16]}`` — ComfyUI's Wan2.2 layout, i.e. the *raw* Wan2.2 VAE latent
+  (ComfyUI normalises it inside the model, ``latent_formats.Wan22.process_in``), so core's VAEDecode with
+  ``wan2.2_vae.safetensors`` decodes it too. ovi_core works on the normalised latent (raw - mean) / std.
+- audio: ``{"samples": [B, 20, L], "type": "audio"}`` — MMAudio 16 kHz VAE latents, channels first
+  (the sampler's [B, L, 20] transposed), 31.25 latents per second.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ovi_core.errors import OviInputError
+from ovi_core.sizes import AUDIO_LATENT_CHANNELS, SIZE_MULTIPLE, VIDEO_LATENT_CHANNELS
+
+log = logging.getLogger(__name__)
+
+TEXT_DIM = 4096  # umT5-XXL
+TEXT_LEN = 512
+
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from ovi_core.wan_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD
+
+    shape = (1, VIDEO_LATENT_CHANNELS, 1, 1, 1)
+    mean = torch.tensor(WAN22_LATENT_MEAN, dtype=torch.float32, device=x.device).view(shape)
+    std = torch.tensor(WAN22_LATENT_STD, dtype=torch.float32, device=x.device).view(shape)
+    return mean, std
+
+
+# ---- LATENT ------------------------------------------------------------------------------------------------------
+def _samples(latent, socket: str) -> torch.Tensor:
+    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
+        raise OviInputError(f"{socket} must be a LATENT (a dict with a 'samples' tensor), got {type(latent).__name__}")
+    return latent["samples"]
+
+
+def video_latent_to_comfy(video: torch.Tensor, device: torch.device) -> dict:
+    """Normalised [B, 48, F, h, w] -> ComfyUI's Wan2.2 LATENT (raw VAE space)."""
+    mean, std = _stats(video)
+    return {"samples": (video.float() * std + mean).to(device)}
+
+
+def video_latent_from_comfy(latent, socket: str = "video_latent") -> torch.Tensor:
+    """ComfyUI's Wan2.2 LATENT -> normalised float32 [B, 48, F, h, w] (what Ovi's sampler and VAE work on)."""
+    x = _samples(latent, socket)
+    shape = list(x.shape)
+    if x.dim() == 3 and x.shape[1] == AUDIO_LATENT_CHANNELS or latent.get("type") == "audio":
+        raise OviInputError(f"{socket} got an audio latent {shape}; connect the sampler's video_latent output here "
+                            "(the audio_latent goes to Ovi Audio Decode)")
+    if x.dim() == 4:
+        raise OviInputError(f"{socket} got an image latent {shape} [batch, channels, height, width]; the Wan2.2 video "
+                            f"VAE decodes video latents [batch, {VIDEO_LATENT_CHANNELS}, frames, height, width] such as "
+                            "Ovi Sampler's video_latent")
+    if x.dim() != 5 or x.shape[1] != VIDEO_LATENT_CHANNELS:
+        hint = (" A 16-channel video latent belongs to Wan2.1 / Wan2.2-14B and their VAE; Ovi uses the 48-channel "
+                "Wan2.2-TI2V-5B latent." if x.dim() == 5 and x.shape[1] == 16 else "")
+        raise OviInputError(f"{socket} has shape {shape}; the Wan2.2 video VAE needs [batch, {VIDEO_LATENT_CHANNELS}, "
+                            f"frames, height, width].{hint}")
+    mean, std = _stats(x)
+    return (x.float() - mean) / std
+
+
+def audio_latent_to_comfy(audio: torch.Tensor, device: torch.device) -> dict:
+    """Sampler layout [B, L, 20] -> ComfyUI LATENT {"samples": [B, 20, L], "type": "audio"}."""
+    return {"samples": audio.float().transpose(1, 2).contiguous().to(device), "type": "audio"}
+
+
+def audio_latent_from_comfy(latent, socket: str = "audio_latent") -> torch.Tensor:
+    """ComfyUI LATENT -> float32 [B, 20, L] (what the MMAudio decoder takes)."""
+    x = _samples(latent, socket)
+    shape = list(x.shape)
+    if x.dim() == 5:
+        raise OviInputError(f"{socket} got a video latent {shape}; connect the sampler's audio_latent output here "
+                            "(the video_latent goes to Ovi Video Decode)")
+    if x.dim() != 3 or x.shape[1] != AUDIO_LATENT_CHANNELS or x.shape[2] < 1:
+        hint = (f" A {x.shape[1]}-channel audio latent belongs to another audio model (Stable Audio uses 64); Ovi's "
+                f"audio is the {AUDIO_LATENT_CHANNELS}-channel MMAudio 16 kHz latent." if x.dim() == 3 else "")
+        raise OviInputError(f"{socket} has shape {shape}; Ovi's audio decoder needs [batch, {AUDIO_LATENT_CHANNELS}, "
+                            f"length].{hint}")
+    return x.float()
+
+
+# ---- IMAGE -------------------------------------------------------------------------------------------------------
+def frames_to_image(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """VAE output [B, 3, T, H, W] in [-1, 1] -> IMAGE [B*T, H, W, 3] in 0..1 (clips one after the other)."""
+    image = ((frames.float() + 1.0) * 0.5).clamp_(0.0, 1.0)
+    return image.permute(0, 2, 3, 4, 1).flatten(0, 1).contiguous().to(device)
+
+
+def start_image_to_frames(image, width: int, height: int) -> torch.Tensor:
+    """One IMAGE [1, H, W, C] of any size -> a first frame [1, 3, 1, height, width] in [-1, 1].
+
+    Like ComfyUI's WanImageToVideo: the picture is centre-cropped to the clip's aspect ratio, then resized (bicubic,
+    antialiased). RGBA drops its alpha, greyscale is repeated to RGB. A batch of several images is refused."""
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4):
+        shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise OviInputError(f"start_image must be an IMAGE [batch, height, width, channels], got {shape}")
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.shape[0] != 1:
+        raise OviInputError(f"start_image is a batch of {image.shape[0]} images; a clip starts from one picture. "
+                            "Pick one with core's ImageFromBatch (batch_index = the frame you want)")
+    channels = image.shape[-1]
+    if channels == 4:
+        log.info("start_image has an alpha channel; it is ignored (the RGB values are used as they are)")
+        image = image[..., :3]
+    elif channels == 1:
+        image = image.expand(-1, -1, -1, 3)
+    elif channels != 3:
+        raise OviInputError(f"start_image has {channels} channels; expected an RGB (3) or RGBA (4) IMAGE")
+    if min(image.shape[1:3]) < 1:
+        raise OviInputError(f"start_image is empty: {list(image.shape)}")
+    x = image.float().movedim(-1, 1)  # [1, 3, h, w]
+    h, w = x.shape[2:]
+    # centre crop to the target aspect ratio
+    if w * height > h * width:  # too wide
+        new_w = max(1, round(h * width / height))
+        x = x[:, :, :, (w - new_w) // 2: (w - new_w) // 2 + new_w]
+    elif w * height < h * width:  # too tall
+        new_h = max(1, round(w * height / width))
+        x = x[:, :, (h - new_h) // 2: (h - new_h) // 2 + new_h, :]
+    if tuple(x.shape[2:]) != (height, width):
+        x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    return (x.clamp(0.0, 1.0) * 2.0 - 1.0).unsqueeze(2)  # [1, 3, 1, H, W]
+
+
+def check_size(width: int, height: int) -> str | None:
+    """None when width and height are usable clip sides, else the message (used by VALIDATE_INPUTS)."""
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < SIZE_MULTIPLE or v > 4096:
+            return f"{name} must be a whole number of pixels between {SIZE_MULTIPLE} and 4096, got {v!r}"
+        if v % SIZE_MULTIPLE:
+            lo, hi = v // SIZE_MULTIPLE * SIZE_MULTIPLE, (v // SIZE_MULTIPLE + 1) * SIZE_MULTIPLE
+            return (f"{name} {v} is not a multiple of {SIZE_MULTIPLE} (Ovi's video latent is 1/16 of the picture and "
+                    f"the model groups latents 2x2); use {max(lo, SIZE_MULTIPLE)} or {hi}")
+    return None
+
+
+# ---- CONDITIONING ------------------------------------------------------------------------------------------------
+def conditioning_to_states(conditioning, socket: str) -> torch.Tensor:
+    """Core CONDITIONING from CLIPTextEncode with a umT5-XXL (CLIPLoader type "wan") -> [tokens, 4096].
+
+    ComfyUI pads umT5 states to 512 rows with zeros; Ovi feeds exactly such zero-padded rows, so the trailing zero
+    rows are dropped here (the model pads back to 512 with zeros). Longer prompts are cut to 512 tokens."""
+    if not isinstance(conditioning, list) or not conditioning or not isinstance(conditioning[0], (list, tuple)) \
+            or not isinstance(conditioning[0][0], torch.Tensor):
+        raise OviInputError(f"{socket} must be a CONDITIONING from CLIPTextEncode, got {type(conditioning).__name__}")
+    if len(conditioning) > 1:
+        log.warning("%s holds %d conditionings (combined or scheduled); Ovi uses the first one", socket,
+                    len(conditioning))
+    states = conditioning[0][0]
+    if states.dim() != 3 or states.shape[-1] != TEXT_DIM:
+        width = states.shape[-1] if states.dim() else "?"
+        raise OviInputError(
+            f"{socket} has shape {list(states.shape)} (width {width}); Ovi needs umT5-XXL states of width {TEXT_DIM}. "
+            "Load umt5_xxl_fp16.safetensors (or the fp8 one) with CLIPLoader, type 'wan', and encode with "
+            "CLIPTextEncode — other text encoders (CLIP-L, T5-XXL of Flux/SD3, Qwen, ...) do not fit")
+    if states.shape[0] > 1:
+        log.warning("%s holds a batch of %d prompts; Ovi uses the first", socket, states.shape[0])
+    x = states[0].float()
+    nonzero = (x != 0).any(dim=-1).nonzero()
+    length = int(nonzero[-1]) + 1 if len(nonzero) else 1
+    if length > TEXT_LEN:
+        log.warning("%s is %d tokens long; Ovi reads at most %d, the rest is dropped", socket, length, TEXT_LEN)
+        length = TEXT_LEN
+    return x[:length].cpu()

@@ -1,0 +1,66 @@
+"""Decode nodes: video LATENT -> IMAGE frames, audio LATENT -> AUDIO."""
+
+from __future__ import annotations
+
+from . import bridge
+from .convert import audio_latent_from_comfy, frames_to_image, video_latent_from_comfy
+
+SAMPLE_RATES = ("16000", "22050", "24000", "32000", "44100", "48000")
+OVERLAP = 16  # latent pixels shared by neighbouring tiles (256 picture pixels): 5e-4 from untiled on the tiny VAE (8: 3e-2)
+
+
+class OviVideoDecode:
+    DESCRIPTION = "Decodes an Ovi (Wan2.2) video latent into frames: an IMAGE batch, one image per frame."
+    CATEGORY = "Ovi/decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("The frames [frames, height, width, 3], 0..1 — for Ovi Mux, CreateVideo, SaveImage, ...",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "video_vae": ("OVI_VIDEO_VAE", {"tooltip": "From Ovi Video VAE Loader."}),
+            "video_latent": ("LATENT", {"tooltip": "Ovi Sampler's video_latent (any 48-channel Wan2.2 video latent)."}),
+            "tiled": ("BOOLEAN", {"default": False,
+                                  "tooltip": "Decode in overlapping spatial tiles: much less memory, seams "
+                                             "cross-faded (the low-resolution trunk still sees whole frames)."}),
+            "tile_size": ("INT", {"default": 512, "min": 384, "max": 4096, "step": 32,
+                                  "tooltip": "Tile side in pixels when tiled (tiles overlap by 256 pixels)."}),
+        }}
+
+    def decode(self, video_vae, video_latent, tiled, tile_size):
+        latent = video_latent_from_comfy(video_latent)
+        tile = (tile_size // 16, tile_size // 16) if tiled else None
+        frames = video_vae.acquire().decode(latent, tile=tile, tile_overlap=OVERLAP)  # [B, 3, T, H, W] in [-1, 1]
+        return (frames_to_image(frames, bridge.intermediate_device()),)
+
+
+class OviAudioDecode:
+    DESCRIPTION = "Decodes an Ovi audio latent into a waveform (MMAudio VAE + BigVGAN), 16 kHz or resampled."
+    CATEGORY = "Ovi/decode"
+    RETURN_TYPES = ("AUDIO",)
+    RETURN_NAMES = ("audio",)
+    OUTPUT_TOOLTIPS = ("The sound {waveform [1, 1, samples], sample_rate} — for Ovi Mux, PreviewAudio, SaveAudio, ...",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "audio_vae": ("OVI_AUDIO_VAE", {"tooltip": "From Ovi Audio VAE Loader."}),
+            "audio_latent": ("LATENT", {"tooltip": "Ovi Sampler's audio_latent."}),
+            "sample_rate": (list(SAMPLE_RATES), {
+                "default": "16000",
+                "tooltip": "Output sample rate in Hz. 16000 is what Ovi makes; other rates are resampled (band-limited)."}),
+        }}
+
+    def decode(self, audio_vae, audio_latent, sample_rate):
+        latent = audio_latent_from_comfy(audio_latent)
+        decoder = audio_vae.acquire()
+        waveform = decoder.decode(latent).float()  # [B, 1, 512 L] at decoder.sample_rate
+        rate = int(sample_rate)
+        if rate != decoder.sample_rate:
+            from ovi_core.audio_resample import resample_audio
+
+            waveform = resample_audio(waveform, decoder.sample_rate, rate)
+        return ({"waveform": waveform.to(bridge.intermediate_device()), "sample_rate": rate},)

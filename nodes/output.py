@@ -1,0 +1,93 @@
+"""The mux node: frames + sound -> an mp4 in ComfyUI's output folder, a preview, and core's VIDEO."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import torch
+
+from . import bridge
+
+log = logging.getLogger(__name__)
+
+
+def _check_frames(images) -> torch.Tensor:
+    from ovi_core.errors import OviInputError
+
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
+        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise OviInputError(f"images must be an IMAGE batch [frames, height, width, 3], got {shape}")
+    if images.shape[-1] == 1:
+        return images.expand(-1, -1, -1, 3)
+    return images[..., :3]
+
+
+def _check_audio(audio) -> tuple[torch.Tensor, int]:
+    """AUDIO -> (waveform [C, N], sample rate); one clip only."""
+    from ovi_core.errors import OviInputError
+
+    if not isinstance(audio, dict) or not isinstance(audio.get("waveform"), torch.Tensor) or "sample_rate" not in audio:
+        raise OviInputError(f"audio must be an AUDIO {{'waveform': [batch, channels, samples], 'sample_rate'}}, got "
+                            f"{type(audio).__name__}")
+    wave = audio["waveform"]
+    if wave.dim() == 2:
+        wave = wave.unsqueeze(0)
+    if wave.dim() != 3 or wave.shape[1] not in (1, 2):
+        raise OviInputError(f"audio waveform must be [batch, 1 or 2 channels, samples], got {list(wave.shape)}")
+    if wave.shape[0] != 1:
+        raise OviInputError(f"audio holds a batch of {wave.shape[0]} sounds; one clip takes one. Join them first "
+                            "(core's AudioConcat) or decode a single clip")
+    return wave[0].float().cpu(), int(audio["sample_rate"])
+
+
+def aligned_audio(wave: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> dict:
+    """The AUDIO exactly as written into the mp4: padded with silence / cut to num_frames / fps (ovi_core.mux rule)."""
+    from ovi_core.mux import align_audio_to_video, audio_to_numpy
+
+    samples, _ = align_audio_to_video(audio_to_numpy(wave), sample_rate, num_frames, fps)
+    return {"waveform": torch.from_numpy(np.ascontiguousarray(samples)).unsqueeze(0), "sample_rate": sample_rate}
+
+
+class OviMux:
+    DESCRIPTION = ("Joins frames and sound into an mp4 (H.264 yuv420p + AAC) in ComfyUI's output folder, written "
+                   "atomically, with a preview; also outputs core's VIDEO. The sound is fitted to the video length: "
+                   "a shorter sound is padded with silence, a longer one loses only what lies past the last frame "
+                   "(logged).")
+    CATEGORY = "Ovi/output"
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("The clip as core's VIDEO (frames + the fitted sound) — for SaveVideo, GetVideoComponents, ...",)
+    OUTPUT_NODE = True
+    FUNCTION = "mux"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The frames, in order (Ovi Video Decode, or any IMAGE batch)."}),
+                "audio": ("AUDIO", {"tooltip": "The sound (Ovi Audio Decode, LoadAudio, ...): mono or stereo, any "
+                                               "sample rate (AAC-incompatible rates go to 48 kHz)."}),
+                "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 1.0,
+                                  "tooltip": "Frames per second. Ovi makes 24 fps (121 frames = 5.04 s)."}),
+                "filename_prefix": ("STRING", {"default": "Ovi/ovi",
+                                               "tooltip": "Output file name prefix; a folder part goes into a "
+                                                          "subfolder of ComfyUI's output folder."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def mux(self, images, audio, fps, filename_prefix, prompt=None, extra_pnginfo=None):
+        from ovi_core.mux import write_mp4
+
+        frames = _check_frames(images)
+        wave, rate = _check_audio(audio)
+        path, file, subfolder = bridge.output_path(filename_prefix, frames.shape[2], frames.shape[1], "mp4")
+        metadata = {"prompt": json.dumps(prompt)} if prompt is not None else {}
+        metadata.update({k: json.dumps(v) for k, v in (extra_pnginfo or {}).items()})
+        sound = aligned_audio(wave, rate, frames.shape[0], fps)  # the one place the length rule is applied
+        write_mp4(path, frames, fps=fps, audio=sound["waveform"][0], sample_rate=rate, metadata=metadata)
+        video = bridge.make_video(path, frames, sound, fps)
+        preview = {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+        return {"ui": preview, "result": (video,)}

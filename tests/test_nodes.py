@@ -1,0 +1,521 @@
+"""The ComfyUI node classes, called directly (no ComfyUI installed) on the built-in tiny demo models and on small
+checkpoint files written by the tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import nodes
+from nodes import bridge
+from nodes.bridge import DEMO_ENTRY
+from nodes.convert import video_latent_from_comfy, video_latent_to_comfy
+from ovi_core.errors import OviInputError, WrongFileError
+
+ROOT = Path(__file__).resolve().parent.parent
+M = nodes.NODE_CLASS_MAPPINGS
+PROMPT = "A cat on a sofa says <S>hello there<E> and yawns. Audio: a soft female voice, a quiet room."
+SIDE = 64  # the demo variant's size
+FRAMES_LAT, AUDIO_LAT = 3, 11
+FRAMES, SAMPLES = 1 + 4 * (FRAMES_LAT - 1), 512 * AUDIO_LAT
+
+
+def run(node_id: str, **kwargs):
+    """Call a node the way ComfyUI does: instantiate, call FUNCTION with keyword inputs."""
+    cls = M[node_id]
+    return getattr(cls(), cls.FUNCTION)(**kwargs)
+
+
+def sample(model, text, seed=1, steps=3, slg_layer=1, width=SIDE, height=SIDE, **kw):
+    return run("OviSampler", model=model, text=text, seed=seed, steps=steps, solver="unipc", shift=5.0,
+               video_guidance=4.0, audio_guidance=3.0, slg_layer=slg_layer, width=width, height=height, **kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models gain nothing from threads, and two threads on two busy cores spin-wait badly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def short(model):
+    """The demo model with a 3-latent-frame clip (9 frames, 11 audio latents) instead of 31/157: same code, less
+    time. The shipped demo workflow (tests/test_workflows.py) runs the full-length clip."""
+    model.variant = dataclasses.replace(model.variant, video_latent_length=FRAMES_LAT, audio_latent_length=AUDIO_LAT)
+    return model
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The four demo handles, loaded once through the loader nodes."""
+    (model,) = run("OviModelLoader", model_name=DEMO_ENTRY, variant="auto", weight_dtype="auto", attention="sdpa",
+                   memory_mode="all on GPU", swap_blocks=0)
+    short(model)
+    (te,) = run("OviTextEncoderLoader", text_encoder_name=DEMO_ENTRY, precision="auto")
+    (vae,) = run("OviVideoVAELoader", vae_name=DEMO_ENTRY, precision="auto")
+    (avae,) = run("OviAudioVAELoader", vae_name=DEMO_ENTRY, vocoder_name=DEMO_ENTRY)
+    (text,) = run("OviTextEncode", text_encoder=te, prompt=PROMPT, video_negative="blur", audio_negative="echo",
+                  variant="720x720_5s")
+    return dict(model=model, te=te, vae=vae, avae=avae, text=text)
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    bridge.set_fallback_output_dir(tmp_path)
+    yield tmp_path
+    bridge.set_fallback_output_dir(None)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folders = {kind: tmp_path / kind for kind in ("ovi", "diffusion_models", "text_encoders", "vae", "mmaudio")}
+    for kind, folder in folders.items():
+        folder.mkdir()
+        bridge.set_fallback_folders(kind, [folder])
+    yield folders
+    for kind in folders:
+        bridge.set_fallback_folders(kind, [])
+
+
+# ---- definitions -------------------------------------------------------------------------------------------------
+def _all_inputs(cls):
+    it = cls.INPUT_TYPES()
+    return {**it.get("required", {}), **it.get("optional", {})}
+
+
+def test_every_node_is_an_ovi_node_with_tooltips_and_a_description():
+    assert set(M) == set(nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    assert len(M) == 10
+    for node_id, cls in M.items():
+        assert node_id.startswith("Ovi"), node_id
+        assert cls.CATEGORY.startswith("Ovi/"), node_id
+        assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 20, node_id
+        assert callable(getattr(cls, cls.FUNCTION)), node_id
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS), node_id
+        for name, spec in _all_inputs(cls).items():
+            assert len(spec) == 2 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+            if isinstance(spec[0], list):
+                assert spec[1].get("default", spec[0][0]) in spec[0], f"{node_id}.{name}: default not an option"
+
+
+def test_loaders_always_offer_the_demo_entry_and_list_files_of_their_folders(model_dir):
+    (model_dir["ovi"] / "model.safetensors").write_bytes(b"x")
+    (model_dir["diffusion_models"] / "sub").mkdir()
+    (model_dir["diffusion_models"] / "sub" / "model_960x960.safetensors").write_bytes(b"x")
+    (model_dir["ovi"] / "notes.txt").write_text("not a model")
+    options = _all_inputs(M["OviModelLoader"])["model_name"][0]
+    assert options == ["model.safetensors", "sub/model_960x960.safetensors", DEMO_ENTRY]
+    for node_id in ("OviTextEncoderLoader", "OviVideoVAELoader", "OviAudioVAELoader"):
+        assert _all_inputs(M[node_id])[next(iter(_all_inputs(M[node_id])))][0][-1] == DEMO_ENTRY
+
+
+def test_comfy_imports_live_only_in_the_bridge():
+    pattern = re.compile(r"^\s*(import|from)\s+(comfy|comfy_api|comfy_extras|folder_paths|latent_preview|server)\b",
+                         re.M)
+    offenders = [p.name for p in (ROOT / "nodes").glob("*.py") if p.name != "bridge.py" and pattern.search(p.read_text())]
+    assert offenders == [] and not pattern.search((ROOT / "__init__.py").read_text())
+
+
+def test_the_pack_imports_without_comfyui_as_comfyui_imports_it():
+    """ComfyUI imports the folder as a package named after it; ovi_core must then resolve from the folder."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('ComfyUI-Ovi', {str(ROOT / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(ROOT)!r}])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['ComfyUI-Ovi'] = m; spec.loader.exec_module(m)\n"
+        "assert len(m.NODE_CLASS_MAPPINGS) == 10, m.NODE_CLASS_MAPPINGS\n"
+        "assert sys.modules['ovi_core'].__file__.startswith(" + repr(str(ROOT)) + ")\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths')]\n"
+        "assert not bad, bad\n"
+        "assert 'nodes' not in sys.modules, 'the pack must not shadow ComfyUI''s top-level nodes module'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---- the demo chain ----------------------------------------------------------------------------------------------
+def test_demo_chain_text_to_mp4(demo, out_dir):
+    video_latent, audio_latent = sample(demo["model"], demo["text"], steps=2)
+    # standard LATENTs: Wan2.2 layout (raw VAE space) and the audio latent channels-first
+    assert list(video_latent["samples"].shape) == [1, 48, FRAMES_LAT, SIDE // 16, SIDE // 16]
+    assert list(audio_latent["samples"].shape) == [1, 20, AUDIO_LAT] and audio_latent["type"] == "audio"
+    (frames,) = run("OviVideoDecode", video_vae=demo["vae"], video_latent=video_latent, tiled=False, tile_size=512)
+    assert list(frames.shape) == [FRAMES, SIDE, SIDE, 3] and frames.dtype == torch.float32
+    assert 0.0 <= frames.min() and frames.max() <= 1.0 and frames.std() > 0.01
+    (audio,) = run("OviAudioDecode", audio_vae=demo["avae"], audio_latent=audio_latent, sample_rate="16000")
+    assert audio["sample_rate"] == 16000 and list(audio["waveform"].shape) == [1, 1, SAMPLES]
+    result = run("OviMux", images=frames, audio=audio, fps=24.0, filename_prefix="Ovi/demo",
+                 prompt={"1": {"class_type": "OviSampler"}}, extra_pnginfo={"workflow": {"nodes": []}})
+    (item,) = result["ui"]["images"]
+    assert item == {"filename": "demo_00001_.mp4", "subfolder": "Ovi", "type": "output"}
+    assert result["ui"]["animated"] == (True,)
+    from ovi_core.mux import probe_mp4
+
+    info = probe_mp4(out_dir / "Ovi" / item["filename"])
+    assert (info.video_streams, info.audio_streams, info.video_codec, info.audio_codec, info.pix_fmt) == (
+        1, 1, "h264", "aac", "yuv420p")
+    assert info.num_frames == FRAMES and abs(info.audio_duration - FRAMES / 24) < 0.03
+    # the VIDEO output carries the frames and the sound as written: padded with silence to FRAMES / 24 s
+    (video,) = result["result"]
+    assert torch.equal(video.images, frames)
+    assert video.audio["waveform"].shape[-1] == round(FRAMES * 16000 / 24) > SAMPLES
+    assert torch.equal(video.audio["waveform"][..., :SAMPLES], audio["waveform"])
+    assert not video.audio["waveform"][..., SAMPLES:].any()
+    assert sorted(p.name for p in (out_dir / "Ovi").iterdir()) == [item["filename"]]  # no temporary left
+
+
+def test_audio_decode_resamples_on_request(demo):
+    latent = {"samples": torch.randn(1, 20, 8, generator=torch.Generator().manual_seed(1)), "type": "audio"}
+    (native,) = run("OviAudioDecode", audio_vae=demo["avae"], audio_latent=latent, sample_rate="16000")
+    (hi,) = run("OviAudioDecode", audio_vae=demo["avae"], audio_latent=latent, sample_rate="48000")
+    assert native["waveform"].shape == (1, 1, 4096) and hi["sample_rate"] == 48000
+    assert hi["waveform"].shape == (1, 1, 3 * 4096)
+    # same sound: every third sample of the 48 kHz signal follows the 16 kHz one (away from the edges)
+    assert (hi["waveform"][..., 300:-300:3] - native["waveform"][..., 100:-100]).abs().mean() < 0.1 * native[
+        "waveform"].abs().mean() + 1e-4
+
+
+def test_video_latent_is_comfys_wan22_layout(demo):
+    """LATENT = raw VAE space (ComfyUI's Wan22.process_in normalises); decoding it = decoding the sampler's output."""
+    x = torch.randn(1, 48, 2, 4, 4)
+    latent = video_latent_to_comfy(x, torch.device("cpu"))
+    from ovi_core.wan_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD
+
+    raw = x * torch.tensor(WAN22_LATENT_STD).view(1, -1, 1, 1, 1) + torch.tensor(WAN22_LATENT_MEAN).view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(latent["samples"], raw)
+    torch.testing.assert_close(video_latent_from_comfy(latent), x, atol=1e-5, rtol=0)
+    (frames,) = run("OviVideoDecode", video_vae=demo["vae"], video_latent=latent, tiled=False, tile_size=512)
+    direct = demo["vae"].vae.decode(x)
+    torch.testing.assert_close(frames, ((direct + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).flatten(0, 1),
+                               atol=1e-5, rtol=0)
+
+
+def test_tiled_decode_matches_whole_frames_away_from_seams(demo):
+    latent = video_latent_to_comfy(torch.randn(1, 48, 1, 32, 32, generator=torch.Generator().manual_seed(3)),
+                                   torch.device("cpu"))
+    (whole,) = run("OviVideoDecode", video_vae=demo["vae"], video_latent=latent, tiled=False, tile_size=512)
+    (tiled,) = run("OviVideoDecode", video_vae=demo["vae"], video_latent=latent, tiled=True, tile_size=384)
+    assert tiled.shape == whole.shape == (1, 512, 512, 3)
+    assert (tiled - whole).abs().max() < 1e-3  # the node's overlap (16 latent px) keeps seams invisible
+
+
+def test_same_seed_same_clip_other_seed_other_clip_and_no_model_copies(demo):
+    from ovi_core.fusion import OviFusion
+
+    a_v, a_a = sample(demo["model"], demo["text"], seed=7, steps=2)
+    count = sum(type(o) is OviFusion for o in gc.get_objects())
+    b_v, b_a = sample(demo["model"], demo["text"], seed=7, steps=2)
+    c_v, c_a = sample(demo["model"], demo["text"], seed=8, steps=2)
+    gc.collect()
+    assert sum(type(o) is OviFusion for o in gc.get_objects()) == count  # a rerun builds nothing new
+    assert torch.equal(a_v["samples"], b_v["samples"]) and torch.equal(a_a["samples"], b_a["samples"])
+    assert not torch.allclose(a_v["samples"], c_v["samples"]) and not torch.allclose(a_a["samples"], c_a["samples"])
+
+
+@pytest.mark.parametrize("mode,blocks", [("offload after use", 0), ("block swap", 2)])
+def test_memory_modes_give_the_same_clip(demo, mode, blocks):
+    (other,) = run("OviModelLoader", model_name=DEMO_ENTRY, variant="auto", weight_dtype="auto", attention="sdpa",
+                   memory_mode=mode, swap_blocks=blocks)
+    short(other)
+    ref = sample(demo["model"], demo["text"], seed=5, steps=2)
+    got = sample(other, demo["text"], seed=5, steps=2)
+    assert torch.equal(ref[0]["samples"], got[0]["samples"]) and torch.equal(ref[1]["samples"], got[1]["samples"])
+
+
+def test_progress_ticks_once_per_step_and_interrupt_stops_between_steps(demo, monkeypatch):
+    ticks = []
+    monkeypatch.setattr(bridge.Progress, "step", lambda self, done, latent=None: ticks.append((done, latent.shape)))
+    sample(demo["model"], demo["text"], steps=3)
+    assert [t[0] for t in ticks] == [1, 2, 3] and ticks[0][1] == (1, 48, 1, SIDE // 16, SIDE // 16)
+
+    class Cancelled(Exception):
+        pass
+
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Cancelled()
+        return False
+
+    monkeypatch.setattr(bridge, "check_interrupt", interrupt)
+    ticks.clear()
+    with pytest.raises(Cancelled):
+        sample(demo["model"], demo["text"], steps=5)
+    assert [t[0] for t in ticks] == [1]
+
+
+# ---- image to video ------------------------------------------------------------------------------------------------
+def test_start_image_of_any_size_with_alpha_becomes_the_first_latent_frame(demo):
+    from nodes.convert import start_image_to_frames
+
+    image = torch.rand(1, 47, 93, 4, generator=torch.Generator().manual_seed(0))  # odd size, RGBA, 2:1
+    video_latent, _ = sample(demo["model"], demo["text"], steps=2, start_image=image, video_vae=demo["vae"])
+    first = demo["vae"].vae.encode(start_image_to_frames(image, SIDE, SIDE))
+    torch.testing.assert_close(video_latent_from_comfy(video_latent)[:, :, :1], first, atol=1e-5, rtol=0)
+    frames = start_image_to_frames(image, SIDE, SIDE)
+    assert list(frames.shape) == [1, 3, 1, SIDE, SIDE] and -1 <= frames.min() and frames.max() <= 1
+    # centre crop: a 2:1 picture whose left and right quarters are black keeps only its bright centre
+    wide = torch.zeros(1, 40, 80, 3)
+    wide[:, :, 20:60] = 1.0
+    assert start_image_to_frames(wide, 32, 32).min() > 0.9
+
+
+def test_start_image_problems_are_clear(demo):
+    with pytest.raises(OviInputError, match="batch of 2 images.*ImageFromBatch"):
+        sample(demo["model"], demo["text"], start_image=torch.rand(2, 64, 64, 3), video_vae=demo["vae"])
+    with pytest.raises(OviInputError, match="needs a video_vae"):
+        sample(demo["model"], demo["text"], start_image=torch.rand(1, 64, 64, 3))
+    with pytest.raises(OviInputError, match="5 channels"):
+        sample(demo["model"], demo["text"], start_image=torch.rand(1, 64, 64, 5), video_vae=demo["vae"])
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------------
+def test_sizes_must_be_multiples_of_32():
+    cls = M["OviSampler"]
+    assert cls.VALIDATE_INPUTS(width=704, height=1280) is True
+    msg = cls.VALIDATE_INPUTS(width=720, height=720)
+    assert "width 720 is not a multiple of 32" in msg and "704 or 736" in msg
+    assert "between 32 and 4096" in cls.VALIDATE_INPUTS(width=0, height=64)
+    assert cls.VALIDATE_INPUTS(width=None, height=64) is True  # ComfyUI passes None for a linked input
+
+
+def test_sampler_refuses_bad_sizes_and_settings_with_a_message(demo):
+    with pytest.raises(OviInputError, match="height 100 is not a multiple of 32"):
+        sample(demo["model"], demo["text"], height=100)
+    with pytest.raises(OviInputError, match="slg_layer"):  # the demo model has 3 blocks
+        sample(demo["model"], demo["text"], slg_layer=11)
+
+
+def test_a_size_far_from_the_trained_area_works_with_a_warning(demo, caplog):
+    video_latent, _ = sample(demo["model"], demo["text"], steps=1, width=128, height=64)
+    assert list(video_latent["samples"].shape[3:]) == [4, 8]  # exactly the size asked for
+    assert "more than 10% off" in caplog.text and "e.g. 96x32" in caplog.text
+
+
+def test_empty_prompt_is_refused_before_and_during_the_run(demo):
+    assert "the prompt is empty" in M["OviTextEncode"].VALIDATE_INPUTS(prompt="   ")
+    assert M["OviTextEncode"].VALIDATE_INPUTS(prompt=PROMPT) is True
+    assert M["OviTextEncode"].VALIDATE_INPUTS(prompt=None) is True  # linked: checked when it runs
+    with pytest.raises(OviInputError, match="the prompt is empty"):
+        run("OviTextEncode", text_encoder=demo["te"], prompt="", video_negative="", audio_negative="",
+            variant="720x720_5s")
+
+
+def test_prompt_caption_follows_the_variant(demo, caplog):
+    caplog.set_level("INFO")
+    (text,) = run("OviTextEncode", text_encoder=demo["te"], prompt=PROMPT, video_negative="blur",
+                  audio_negative="echo", variant="960x960_10s")
+    assert text.caption_style == "audio_colon"
+    (text720,) = run("OviTextEncode", text_encoder=demo["te"], prompt=PROMPT, video_negative="blur",
+                     audio_negative="echo", variant="720x720_5s")
+    assert "<AUDCAP>a soft female voice, a quiet room.<ENDAUDCAP>" in caplog.text
+    # the rewritten caption changes the encoded tokens
+    assert text720.positive.shape != text.positive.shape or not torch.equal(text720.positive, text.positive)
+
+
+def test_mismatched_latents_and_decoders_are_named(demo):
+    video = {"samples": torch.zeros(1, 48, 2, 4, 4)}
+    audio = {"samples": torch.zeros(1, 20, 8), "type": "audio"}
+    with pytest.raises(OviInputError, match="got an audio latent"):
+        run("OviVideoDecode", video_vae=demo["vae"], video_latent=audio, tiled=False, tile_size=512)
+    with pytest.raises(OviInputError, match="got an image latent"):
+        run("OviVideoDecode", video_vae=demo["vae"], video_latent={"samples": torch.zeros(1, 4, 8, 8)}, tiled=False,
+            tile_size=512)
+    with pytest.raises(OviInputError, match="16-channel.*Wan2.1"):
+        run("OviVideoDecode", video_vae=demo["vae"], video_latent={"samples": torch.zeros(1, 16, 2, 8, 8)},
+            tiled=False, tile_size=512)
+    with pytest.raises(OviInputError, match="got a video latent"):
+        run("OviAudioDecode", audio_vae=demo["avae"], audio_latent=video, sample_rate="16000")
+    with pytest.raises(OviInputError, match="64-channel"):
+        run("OviAudioDecode", audio_vae=demo["avae"], audio_latent={"samples": torch.zeros(1, 64, 8)},
+            sample_rate="16000")
+
+
+def test_mux_refuses_bad_audio_and_leaves_nothing_behind(out_dir):
+    frames = torch.rand(5, 32, 32, 3)
+    with pytest.raises(OviInputError, match="batch of 2 sounds"):
+        run("OviMux", images=frames, audio={"waveform": torch.zeros(2, 1, 800), "sample_rate": 16000}, fps=24.0,
+            filename_prefix="Ovi/x")
+    bad = torch.zeros(1, 1, 800)
+    bad[0, 0, 5] = float("nan")
+    with pytest.raises(OviInputError, match="NaN"):
+        run("OviMux", images=frames, audio={"waveform": bad, "sample_rate": 16000}, fps=24.0, filename_prefix="Ovi/x")
+    with pytest.raises(OviInputError, match="IMAGE batch"):
+        run("OviMux", images=torch.rand(32, 32, 3), audio={"waveform": torch.zeros(1, 1, 800), "sample_rate": 16000},
+            fps=24.0, filename_prefix="Ovi/x")
+    assert [p for p in out_dir.rglob("*") if p.is_file()] == []
+    with pytest.raises(OviInputError, match="outside the output folder"):
+        run("OviMux", images=frames, audio={"waveform": torch.zeros(1, 1, 800), "sample_rate": 16000}, fps=24.0,
+            filename_prefix="../escape")
+
+
+def test_mux_trims_audio_longer_than_the_video_and_says_so(out_dir, caplog):
+    frames = torch.rand(24, 32, 32, 3)  # 1 s
+    stereo = {"waveform": torch.rand(1, 2, 44100 * 2) * 0.1, "sample_rate": 44100}  # 2 s
+    result = run("OviMux", images=frames, audio=stereo, fps=24.0, filename_prefix="clip")
+    assert result["ui"]["images"][0]["subfolder"] == ""
+    assert result["result"][0].audio["waveform"].shape == (1, 2, 44100)
+    assert "longer than the video" in caplog.text
+    from ovi_core.mux import probe_mp4
+
+    info = probe_mp4(out_dir / result["ui"]["images"][0]["filename"])
+    assert info.audio_channels == 2 and info.sample_rate == 44100 and abs(info.audio_duration - 1.0) < 0.03
+
+
+# ---- loading files ---------------------------------------------------------------------------------------------------
+def _write_demo_files(model_dir):
+    from ovi_core.demo import build_demo_fusion, build_demo_video_vae
+    from ovi_core.weights import save_fusion_checkpoint
+
+    save_fusion_checkpoint(build_demo_fusion(), model_dir["ovi"] / "model_960x960.safetensors")
+    vae_sd = {k: v.contiguous() for k, v in build_demo_video_vae().state_dict().items()}
+    save_file(vae_sd, str(model_dir["vae"] / "wan2.2_vae.safetensors"))
+
+
+def test_loaders_read_files_and_detect_the_variant(model_dir):
+    _write_demo_files(model_dir)
+    (model,) = run("OviModelLoader", model_name="model_960x960.safetensors", variant="auto", weight_dtype="auto",
+                   attention="sdpa", memory_mode="all on GPU", swap_blocks=0)
+    assert model.variant.name == "960x960_5s" and model.model.cfg.num_layers == 3
+    (forced,) = run("OviModelLoader", model_name="model_960x960.safetensors", variant="960x960_10s",
+                    weight_dtype="fp8_e4m3fn", attention="sdpa", memory_mode="all on GPU", swap_blocks=0)
+    assert forced.variant.video_latent_length == 61
+    assert any(p.dtype == torch.float8_e4m3fn for p in forced.model.parameters())
+    (vae,) = run("OviVideoVAELoader", vae_name="wan2.2_vae.safetensors", precision="fp32")
+    from ovi_core.demo import build_demo_video_vae
+
+    z = torch.randn(1, 48, 1, 2, 2)
+    torch.testing.assert_close(vae.vae.decode(z), build_demo_video_vae().decode(z))
+
+
+def test_wrong_files_in_loaders_say_what_they_are(model_dir):
+    _write_demo_files(model_dir)
+    (model_dir["ovi"] / "wan2.2_vae.safetensors").write_bytes((model_dir["vae"] / "wan2.2_vae.safetensors").read_bytes())
+    (model_dir["vae"] / "model_960x960.safetensors").write_bytes(
+        (model_dir["ovi"] / "model_960x960.safetensors").read_bytes())
+    (model_dir["ovi"] / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(WrongFileError, match="looks like a Wan video VAE"):
+        run("OviModelLoader", model_name="wan2.2_vae.safetensors", variant="auto", weight_dtype="auto",
+            attention="sdpa", memory_mode="all on GPU", swap_blocks=0)
+    with pytest.raises(WrongFileError, match="not a safetensors file"):
+        run("OviModelLoader", model_name="broken.safetensors", variant="auto", weight_dtype="auto",
+            attention="sdpa", memory_mode="all on GPU", swap_blocks=0)
+    with pytest.raises(WrongFileError, match="not a Wan2.2 video VAE.*Ovi fusion"):
+        run("OviVideoVAELoader", vae_name="model_960x960.safetensors", precision="auto")
+    with pytest.raises(WrongFileError, match="was not found in models/ovi, models/diffusion_models"):
+        run("OviModelLoader", model_name="gone.safetensors", variant="auto", weight_dtype="auto", attention="sdpa",
+            memory_mode="all on GPU", swap_blocks=0)
+    with pytest.raises(OviInputError, match="for both"):
+        run("OviAudioVAELoader", vae_name=DEMO_ENTRY, vocoder_name="best_netG.pt")
+
+
+# ---- core CLIPTextEncode as Ovi text ------------------------------------------------------------------------------------
+def _clip_text_encode_standin(states: torch.Tensor) -> list:
+    """What core CLIPTextEncode returns with a umT5-XXL: [[states zero-padded to [1, 512, 4096], {...}]]."""
+    padded = torch.zeros(1, 512, 4096)
+    padded[0, : states.shape[0]] = states
+    return [[padded, {"pooled_output": None}]]
+
+
+def test_conditioning_from_clip_text_encode_drives_the_sampler_like_ovi_text(demo):
+    text = demo["text"]
+    (adapted,) = run("OviTextFromConditioning", positive=_clip_text_encode_standin(text.positive),
+                     video_negative=_clip_text_encode_standin(text.video_negative),
+                     audio_negative=_clip_text_encode_standin(text.audio_negative))
+    assert torch.equal(adapted.positive, text.positive) and adapted.caption_style is None
+    ours = sample(demo["model"], text, seed=3, steps=2)
+    theirs = sample(demo["model"], adapted, seed=3, steps=2)
+    torch.testing.assert_close(theirs[0]["samples"], ours[0]["samples"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(theirs[1]["samples"], ours[1]["samples"], atol=1e-5, rtol=0)
+
+
+def test_conditioning_adapter_fills_missing_negatives_and_refuses_other_encoders(demo, caplog):
+    cond = _clip_text_encode_standin(demo["text"].positive)
+    (only_audio,) = run("OviTextFromConditioning", positive=cond, audio_negative=cond)
+    assert torch.equal(only_audio.video_negative, only_audio.audio_negative)
+    (none,) = run("OviTextFromConditioning", positive=cond)
+    assert not none.video_negative.any() and "all-zero" in caplog.text
+    with pytest.raises(OviInputError, match="width 768.*CLIPLoader, type 'wan'"):
+        run("OviTextFromConditioning", positive=[[torch.zeros(1, 77, 768), {}]])
+    long = [[torch.ones(1, 600, 4096), {}]]
+    (cut,) = run("OviTextFromConditioning", positive=long)
+    assert cut.positive.shape == (512, 4096)
+
+
+def test_root_init_is_importable_by_path_like_comfyui_does():
+    spec = importlib.util.spec_from_file_location("comfyui_ovi_under_test", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        assert set(module.NODE_CLASS_MAPPINGS) == set(M)
+    finally:
+        for name in [n for n in sys.modules if n.startswith(spec.name)]:
+            del sys.modules[name]
+
+
+# ---- inside a real ComfyUI (opt-in) ---------------------------------------------------------------------------------
+COMFY_SCRIPT = r"""
+import importlib.util, sys, tempfile, torch
+sys.argv = ["main.py", "--cpu"]
+sys.path.insert(0, COMFY_DIR)
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.model_management as mm, folder_paths
+spec = importlib.util.spec_from_file_location("ComfyUI-Ovi", PACK + "/__init__.py", submodule_search_locations=[PACK])
+pack = importlib.util.module_from_spec(spec); sys.modules["ComfyUI-Ovi"] = pack; spec.loader.exec_module(pack)
+bridge = sys.modules["ComfyUI-Ovi.nodes.bridge"]
+assert bridge.HAVE_COMFY and "ovi" in folder_paths.folder_names_and_paths and "mmaudio" in folder_paths.folder_names_and_paths
+M = pack.NODE_CLASS_MAPPINGS
+run = lambda n, **k: getattr(M[n](), M[n].FUNCTION)(**k)
+D = bridge.DEMO_ENTRY
+out = tempfile.mkdtemp(); folder_paths.set_output_directory(out)
+def loaded():
+    return [type(m.model.model).__name__ for m in mm.current_loaded_models if m.model is not None]
+for mode in ("all on GPU", "offload after use"):
+    (model,) = run("OviModelLoader", model_name=D, variant="auto", weight_dtype="auto", attention="sdpa", memory_mode=mode, swap_blocks=0)
+    model.variant = model.variant.__class__(**{**model.variant.__dict__, "video_latent_length": 3, "audio_latent_length": 11})
+    assert model.managed.patcher is not None
+    (te,) = run("OviTextEncoderLoader", text_encoder_name=D, precision="auto")
+    (text,) = run("OviTextEncode", text_encoder=te, prompt="a <S>b<E> <AUDCAP>c<ENDAUDCAP>", video_negative="x", audio_negative="y", variant="720x720_5s")
+    (vae,) = run("OviVideoVAELoader", vae_name=D, precision="auto")
+    (avae,) = run("OviAudioVAELoader", vae_name=D, vocoder_name=D)
+    v, a = run("OviSampler", model=model, text=text, seed=1, steps=2, solver="unipc", shift=5.0, video_guidance=4.0, audio_guidance=3.0, slg_layer=1, width=64, height=64, start_image=torch.rand(1, 40, 50, 3), video_vae=vae)
+    print(mode, "loaded after sampling:", loaded())
+    assert ("OviFusionHolder" in loaded()) == (mode == "all on GPU")
+    (frames,) = run("OviVideoDecode", video_vae=vae, video_latent=v, tiled=False, tile_size=512)
+    (audio,) = run("OviAudioDecode", audio_vae=avae, audio_latent=a, sample_rate="16000")
+    res = run("OviMux", images=frames, audio=audio, fps=24.0, filename_prefix="Ovi/x")
+    video = res["result"][0]
+    assert type(video).__name__ == "VideoFromComponents", type(video)
+    assert video.get_components().images.shape[0] == 9
+mm.unload_all_models()
+assert loaded() == [], loaded()
+print("OK")
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("OVI_COMFYUI_DIR"), reason="set OVI_COMFYUI_DIR to a ComfyUI checkout to run")
+def test_inside_a_real_comfyui():
+    """Opt-in: the nodes with ComfyUI's own model management, folders and VIDEO type (CPU). OVI_COMFYUI_DIR is the
+    ComfyUI folder; OVI_COMFYUI_PYTHON its Python (default <dir>/venv/bin/python)."""
+    comfy_dir = os.environ["OVI_COMFYUI_DIR"]
+    python = os.environ.get("OVI_COMFYUI_PYTHON", os.path.join(comfy_dir, "venv", "bin", "python"))
+    code = f"COMFY_DIR = {comfy_dir!r}\nPACK = {str(ROOT)!r}\n" + COMFY_SCRIPT
+    r = subprocess.run([python, "-c", code], cwd=comfy_dir, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout[-3000:] + r.stderr[-3000:]
