@@ -53,6 +53,9 @@ class _Modulation:
     def __init__(self, e: torch.Tensor, e0: torch.Tensor, index: torch.Tensor | None):
         self.e, self.e0, self.index = e, e0, index  # [B, U, dim], [B, U, 6, dim], [L] or None
 
+    def rows(self, index: torch.Tensor) -> _Modulation:
+        return _Modulation(self.e[index], self.e0[index], self.index)
+
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:  # [B, U, dim] -> [B, L or 1, dim]
         return x if self.index is None else x[:, self.index]
 
@@ -193,26 +196,34 @@ class OviFusion(nn.Module):
         # 3. RoPE tables (cached per token grid)
         rope_v, rope_a = self._ropes(grid_v, grid_a, dev)
 
-        # 4. fused blocks (SLG: block slg_layer skipped, for all rows or the rows in skip_mask)
+        # 4. fused blocks (SLG: block slg_layer skipped, for all rows or only the rows in skip_mask)
         for i in range(self.cfg.num_layers):
-            skip = slg_layer > 0 and i == slg_layer
-            if skip and skip_mask is None:
-                continue
-            swapped = self._swap is not None and i < self._swap[0]
-            if swapped:
-                self.video_model.blocks[i].to(dev)
-                self.audio_model.blocks[i].to(dev)
-            nv, na = self._fused_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend)
-            if swapped:
-                self.video_model.blocks[i].to(self._swap[2])
-                self.audio_model.blocks[i].to(self._swap[2])
-            if skip:
-                keep = skip_mask.to(dev).view(-1, 1, 1)
-                nv, na = torch.where(keep, xv, nv), torch.where(keep, xa, na)
-            xv, xa = nv, na
+            if slg_layer > 0 and i == slg_layer:
+                run = None if skip_mask is None else (~skip_mask.to(dev).bool()).nonzero().flatten()
+                if run is None or run.numel() == 0:
+                    continue
+                if run.numel() < b:  # run the block on the other rows only
+                    xv, xa = xv.clone(), xa.clone()
+                    xv[run], xa[run] = self._run_block(i, xv[run], xa[run], mod_v.rows(run), mod_a.rows(run),
+                                                       rope_v, rope_a, text.rows(run), backend)
+                    continue
+            xv, xa = self._run_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend)
 
         # 5. heads
         return self._head(self.video_model, xv, mod_v, grid_v), self._head(self.audio_model, xa, mod_a, grid_a)
+
+    def _run_block(self, i, *args):
+        """Fused block i, visiting the compute device first when it is a swapped block."""
+        swapped = self._swap is not None and i < self._swap[0]
+        if swapped:
+            self.video_model.blocks[i].to(self._swap[1])
+            self.audio_model.blocks[i].to(self._swap[1])
+        try:
+            return self._fused_block(i, *args)
+        finally:
+            if swapped:
+                self.video_model.blocks[i].to(self._swap[2])
+                self.audio_model.blocks[i].to(self._swap[2])
 
     def _fused_block(self, i, xv, xa, mod_v, mod_a, rope_v, rope_a, text: TextContext, backend):
         vb: TowerBlock = self.video_model.blocks[i]
