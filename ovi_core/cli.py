@@ -244,7 +244,7 @@ class ProgressBars:
                 self.enabled = False
                 return
             where = f"[{p.row + 1}/{p.rows}] " if p.rows > 1 else ""
-            unit = {"sample": "step", "decode": "part", "write": "frame"}[p.stage]
+            unit = {"sample": "step", "decode": "frame", "write": "frame"}[p.stage]
             self.bar = tqdm(total=p.total, desc=f"{where}{self.LABELS[p.stage]}", unit=unit, file=sys.stderr,
                             leave=False, dynamic_ncols=True)
             self.key = key

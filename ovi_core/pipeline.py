@@ -570,14 +570,16 @@ class OviPipeline:
 
     def _decode(self, vae, audio_decoder, row: _Row, report) -> OviResult:
         video_latent, audio_latent = row.latents
-        report("decode", 0, 2, row)
-        pixels = vae.decode(video_latent.to(vae.device), tile=self.vae_tile)  # [1, 3, T, H, W] in [-1, 1]
-        frames = ((pixels[0].float() + 1.0) / 2.0).clamp_(0.0, 1.0).permute(1, 2, 3, 0).contiguous().cpu()
+        latent_frames = video_latent.shape[2]
+        parts = latent_frames + 1  # one tick per latent frame of video (tiles folded in), one for the audio
+        report("decode", 0, parts, row)
+        pixels = vae.decode(video_latent.to(vae.device), tile=self.vae_tile, output_device="cpu",
+                            progress=lambda done, total: report("decode", done * latent_frames // total, parts, row))
+        frames = ((pixels[0].float() + 1.0) / 2.0).clamp_(0.0, 1.0).permute(1, 2, 3, 0).contiguous()
         del pixels
-        report("decode", 1, 2, row)
         wave = audio_decoder.decode(audio_latent.transpose(1, 2).to(self.device))  # [1, 1, N] at 16 kHz
         audio = wave[0].float().cpu()
-        report("decode", 2, 2, row)
+        report("decode", parts, parts, row)
         if not torch.isfinite(frames).all() or not torch.isfinite(audio).all():
             raise OviError("the decoded clip contains NaN/inf values: the sampling diverged (try fewer steps, a lower "
                            "guidance, another seed, or float32/bfloat16 instead of float16)")

@@ -80,7 +80,8 @@ def test_progress_reports_the_stages_and_ctrl_c_stops_cleanly():
     pipe.generate(PROMPT, steps=3, progress=lambda p: seen.append((p.stage, p.done, p.total)))
     stages = [s for s, _, _ in seen]
     assert stages.index("text") < stages.index("sample") < stages.index("decode")
-    assert ("sample", 3, 3) in seen and ("decode", 2, 2) in seen
+    assert ("sample", 3, 3) in seen and ("decode", 32, 32) in seen  # 31 latent frames of video, then the audio
+    assert [d for s, d, _ in seen if s == "decode"] == list(range(33))
 
     def stop(p):
         if p.stage == "sample" and p.done == 1:
