@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from .audio_resample import resample_audio  # noqa: F401  (re-exported: decoders and resampling in one place)
 from .bigvgan import BigVGAN, build_demo_vocoder, vocoder_from_state_dict
+from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError
-from .wan_vae import describe_checkpoint, read_checkpoint
+from .wan_vae import describe_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -467,7 +468,7 @@ def load_audio_decoder(
         voc_sd = {k[8:]: v for k, v in sd.items() if k.startswith("vocoder.")}
         voc_source = name
     else:
-        if "generator" in sd or "conv_pre.weight" in sd or "conv_pre.weight_g" in sd:
+        if "generator" in sd or any(k.startswith("conv_pre.") for k in sd):  # best_netG.pt, unwrapped or not
             raise WrongFileError(
                 f"{name} is a BigVGAN vocoder, not the audio VAE: pass `v1-16.pth` as the VAE and `{name}` as the vocoder"
             )

@@ -221,7 +221,7 @@ def _carries_vocoder(path: Path | None) -> bool:
     """True for a safetensors audio VAE file that also holds the vocoder (``vocoder.*`` keys)."""
     if path is None or path.suffix != ".safetensors":
         return False
-    from ovi_core.weights import read_safetensors_header
+    from ovi_core.checkpoint_io import read_safetensors_header
 
     try:
         header, _ = read_safetensors_header(path)

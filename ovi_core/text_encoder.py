@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint_io import CheckpointFile, sniff_format
 from .errors import OviInputError, WrongFileError
 
 logger = logging.getLogger(__name__)
@@ -227,73 +228,23 @@ def _find_tokenizer_near(weights_path: Path) -> Path | None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class _TensorFile:
-    """A weights file: key names and shapes up front, tensors one at a time (safetensors or a torch .pth)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.metadata: dict[str, str] = {}
-        self._st = None
-        self._sd: dict[str, torch.Tensor] | None = None
-        if not path.exists():
-            raise WrongFileError(f"text encoder file `{path}` does not exist. {_WHERE_TO_GET}")
-        if path.is_dir():
-            raise WrongFileError(f"`{path}` is a folder; pass the text encoder file itself. {_WHERE_TO_GET}")
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            magic = fh.read(9)
-        if magic[:4] == b"GGUF":
+def _open_weights(path: Path) -> CheckpointFile:
+    """The encoder file (safetensors or a torch .pth), with this loader's messages for files it cannot use."""
+    if not path.exists():
+        raise WrongFileError(f"text encoder file `{path}` does not exist. {_WHERE_TO_GET}")
+    if path.is_dir():
+        raise WrongFileError(f"`{path}` is a folder; pass the text encoder file itself. {_WHERE_TO_GET}")
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"GGUF":
             raise WrongFileError(f"`{path.name}` is a GGUF file; this loader reads .pth and .safetensors. Use "
                                  f"`umt5_xxl_fp8_e4m3fn_scaled.safetensors` for a small download. {_WHERE_TO_GET}")
-        if magic[:4] == b"PK\x03\x04" or magic[:1] == b"\x80":  # torch zip archive / legacy pickle
-            self._open_torch(path, size, mmap=magic[:4] == b"PK\x03\x04")
-        else:
-            self._open_safetensors(path, size)
-
-    def _open_safetensors(self, path: Path, size: int) -> None:
-        from safetensors import safe_open
-
-        try:
-            self._st = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as exc:
-            raise WrongFileError(f"`{path.name}` ({size:,} bytes) is neither a readable safetensors file nor a PyTorch "
-                                 f"checkpoint ({exc}). If the download was interrupted, download it again.") from exc
-        self.metadata = self._st.metadata() or {}
-        self.keys = list(self._st.keys())
-
-    def _open_torch(self, path: Path, size: int, mmap: bool) -> None:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-        except Exception as exc:
-            raise WrongFileError(f"`{path.name}` ({size:,} bytes) cannot be read as a PyTorch state dict ({exc}). "
-                                 "If the download was interrupted, download it again.") from exc
-        for wrapper in ("state_dict", "model", "module"):  # common one-level wrappers
-            if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict) and len(sd) <= 3:
-                sd = sd[wrapper]
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise WrongFileError(f"`{path.name}` is a PyTorch file but not a plain state dict of tensors. "
-                                 f"{_WHERE_TO_GET}")
-        self._sd = sd
-        self.keys = list(sd.keys())
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        if self._sd is not None:
-            return tuple(self._sd[key].shape)
-        return tuple(self._st.get_slice(key).get_shape())
-
-    def get(self, key: str) -> torch.Tensor:
-        if self._sd is not None:
-            return self._sd[key]
-        return self._st.get_tensor(key)
-
-    def close(self) -> None:
-        self._st = self._sd = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    try:
+        return CheckpointFile(path)
+    except WrongFileError as exc:
+        if sniff_format(path) == "torch":
+            raise
+        raise WrongFileError(f"`{path.name}` ({path.stat().st_size:,} bytes) is neither a readable safetensors file "
+                             f"nor a PyTorch checkpoint: {exc}") from None
 
 
 def _describe_foreign_file(keys: list[str]) -> str:
@@ -370,7 +321,7 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.fp8_dtype}"
 
 
-def _quantized_layers(f: _TensorFile) -> dict[str, tuple[str, str | None]]:
+def _quantized_layers(f: CheckpointFile) -> dict[str, tuple[str, str | None]]:
     """file layer name (key without `.weight`) -> (format, scale key or None) for every quantised layer declared."""
     keys = set(f.keys)
     formats: dict[str, str] = {}
@@ -454,7 +405,7 @@ def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, fp8_scale: to
 _LINEAR_LEAVES = (".q.weight", ".k.weight", ".v.weight", ".o.weight", ".wi_0.weight", ".wi_1.weight", ".wo.weight")
 
 
-def _encoder_names(f: _TensorFile) -> tuple[str, dict[str, str]]:
+def _encoder_names(f: CheckpointFile) -> tuple[str, dict[str, str]]:
     """The file's layout ("wan" / "transformers") and a map from its weight keys to transformers names."""
     name = f.path.name
     wan = [k[: -len(_WAN_PROBE)] for k in f.keys if k.endswith(_WAN_PROBE)]
@@ -488,7 +439,7 @@ def _encoder_names(f: _TensorFile) -> tuple[str, dict[str, str]]:
     return layout, names
 
 
-def _config_from_shapes(f: _TensorFile, names: dict[str, str], layout: str) -> dict[str, int]:
+def _config_from_shapes(f: CheckpointFile, names: dict[str, str], layout: str) -> dict[str, int]:
     """umT5 hyper-parameters read from the weight shapes (no file stores them)."""
     by_name = {v: k for k, v in names.items()}
 
@@ -518,7 +469,7 @@ def load_umt5_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype 
     tensor at a time into a model built on the meta device. fp8 Linear weights stay fp8 (Fp8Linear) when keep_fp8,
     otherwise they are dequantised to `dtype` at load. Everything else is converted to `dtype`."""
     path = Path(path)
-    with _TensorFile(path) as f:
+    with _open_weights(path) as f:
         # 1. layout, names and hyper-parameters, from the keys and shapes alone
         layout, names = _encoder_names(f)
         hp = _config_from_shapes(f, names, layout)
@@ -681,7 +632,7 @@ def _resolve_tokenizer(path: Path, tokenizer_path) -> PromptTokenizer:
     """The explicit tokenizer, else the `spiece_model` inside the file, else a google/umt5-xxl folder next to it."""
     if tokenizer_path is not None:
         return load_tokenizer(tokenizer_path)
-    with _TensorFile(path) as f:  # reads the header / the mmapped index only
+    with _open_weights(path) as f:  # reads the header / the mmapped index only
         embedded = next((k for k in f.keys if k.endswith("spiece_model")), None)
         if embedded is not None:
             return SentencePieceTokenizer(f.get(embedded).numpy().tobytes(), f"spiece_model inside {path.name}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError
 
 logger = logging.getLogger(__name__)
@@ -657,43 +657,6 @@ def _blend_mask(y0, th, h, x0, tw, w, overlap, device) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------------
 # Files
-
-
-def read_checkpoint(path: str | Path, what: str) -> dict:
-    """Tensors of a .safetensors file or a torch pickle (loaded with weights_only=True, never a plain unpickle).
-
-    `what` names the expected file in error messages ("video VAE", ...). A top-level dict is returned as is."""
-    p = Path(path)
-    if not p.is_file():
-        raise WrongFileError(f"{what} file not found: {p}")
-    with open(p, "rb") as f:
-        head = f.read(9)
-    try:
-        if len(head) == 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
-            from safetensors.torch import load_file
-
-            obj = load_file(str(p), device="cpu")
-        else:
-            try:
-                obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                obj = torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as exc:
-        raise WrongFileError(
-            f"{p.name} contains Python objects other than tensors, so it was not unpickled (only weights_only "
-            f"loading is allowed, for safety). It is not a plain {what} state dict; use the original download or "
-            "a .safetensors copy."
-        ) from exc
-    except Exception as exc:  # any other parse failure means a truncated, corrupt or non-weights file
-        raise WrongFileError(
-            f"cannot read {p.name} as a {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). The file is "
-            "truncated, corrupt or not a weights file (.safetensors or a torch .pth/.pt state dict); re-download it."
-        ) from exc
-    if not isinstance(obj, dict):
-        raise WrongFileError(f"{p.name} holds a {type(obj).__name__}, not a state dict; it is not a {what} file")
-    return obj
 
 
 def describe_checkpoint(sd: dict) -> str:

@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from ovi_core.checkpoint_io import CheckpointFile
 from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig, TowerConfig
 from ovi_core.errors import WrongFileError
 from ovi_core.fusion import OviFusion
@@ -74,35 +74,6 @@ class LoadInfo:
     bytes_in_memory: int
 
 
-# ---- reading headers ----------------------------------------------------------------------------------------
-_ST_DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
-                   "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def read_safetensors_header(path: Path) -> tuple[dict, dict]:
-    """(tensor entries, metadata) of a safetensors file; WrongFileError if it is not one or is truncated."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise WrongFileError(f"{path.name} is empty or not a safetensors file ({size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100 * 2**20):
-            raise WrongFileError(f"{path.name} is not a safetensors file (its first bytes are not a safetensors header)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise WrongFileError(f"{path.name} is not a safetensors file (unreadable header)") from None
-    metadata = header.pop("__metadata__", None) or {}
-    end = max((e["data_offsets"][1] for e in header.values()), default=0)
-    if 8 + n + end > size:
-        raise WrongFileError(
-            f"{path.name} is truncated: its header describes {8 + n + end:,} bytes but the file has {size:,}; "
-            "the download did not finish — download it again"
-        )
-    return header, metadata
-
-
 def _strip_prefix(key: str) -> str:
     for p in KEY_PREFIXES:
         if key.startswith(p) and key[len(p):].startswith(("video_model.", "audio_model.")):
@@ -115,37 +86,10 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     path = Path(path)
     if not path.is_file():
         raise WrongFileError(f"{path} does not exist; Ovi needs {GET_WEIGHTS}")
-    if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
-        sd = _torch_load_state_dict(path)
-        file_keys = {_strip_prefix(k): k for k in sd}
-        return CheckpointInfo(path, {k: tuple(sd[v].shape) for k, v in file_keys.items()},
-                              {k: str(sd[v].dtype) for k, v in file_keys.items()}, file_keys, format="torch")
-    header, metadata = read_safetensors_header(path)
-    file_keys = {_strip_prefix(k): k for k in header}
-    return CheckpointInfo(
-        path,
-        {k: tuple(header[v]["shape"]) for k, v in file_keys.items()},
-        {k: header[v]["dtype"] for k, v in file_keys.items()},
-        file_keys,
-        metadata,
-    )
-
-
-def _torch_load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise WrongFileError(f"{path.name} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
-    for unwrap in (("module",), ("app", "model"), ("state_dict",), ("model",)):
-        inner = obj
-        for k in unwrap:
-            inner = inner.get(k) if isinstance(inner, dict) else None
-        if isinstance(inner, dict) and inner:
-            obj = inner
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WrongFileError(f"{path.name} holds no state dict of tensors")
-    return obj
+    with CheckpointFile(path) as f:
+        file_keys = {_strip_prefix(k): k for k in f.keys}
+        return CheckpointInfo(path, {k: f.shape(v) for k, v in file_keys.items()},
+                              {k: f.dtype(v) for k, v in file_keys.items()}, file_keys, f.metadata, f.format)
 
 
 # ---- recognising the file ----------------------------------------------------------------------------------
@@ -295,22 +239,9 @@ def load_fusion_model(
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         total_bytes += tensor.numel() * tensor.element_size()
 
-    if info.format == "safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(info.path), framework="pt", device="cpu") as f:
-                for name, file_key in info.file_keys.items():
-                    place(name, f.get_tensor(file_key))
-        except WrongFileError:
-            raise
-        except Exception as exc:  # a corrupt file fails here with safetensors' own error
-            raise WrongFileError(f"{info.path.name} could not be read ({type(exc).__name__}: {exc}); the file is corrupt") from None
-    else:
-        sd = _torch_load_state_dict(info.path)
+    with CheckpointFile(info.path) as f:
         for name, file_key in info.file_keys.items():
-            place(name, sd[file_key])
-        del sd
+            place(name, f.get(file_key))
 
     model.set_compute_dtype(dtype)
     model.set_attention_backend(attention)
