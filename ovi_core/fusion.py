@@ -44,29 +44,52 @@ class TextContext:
 
 
 class _Modulation:
-    """A tower's per-token modulation vectors without materialising [B, L, 6, dim].
+    """A tower's per-token modulation without materialising [B, L, 6, dim] vectors.
 
-    Timesteps take at most two values per row (t, and 0 on clean first-frame tokens), so the time
-    embedding is computed per distinct value and indexed per token when needed.
+    Timesteps take at most two values per row: t, and 0 on the clean first-frame tokens of image-to-video, which
+    are a prefix of the video sequence. So the time embedding is computed per distinct value (U = 1 or 2) and the
+    modulation is applied per token segment, never expanded to every token.
     """
 
-    def __init__(self, e: torch.Tensor, e0: torch.Tensor, index: torch.Tensor | None):
-        self.e, self.e0, self.index = e, e0, index  # [B, U, dim], [B, U, 6, dim], [L] or None
+    def __init__(self, e: torch.Tensor, e0: torch.Tensor, clean_tokens: int = 0):
+        self.e, self.e0 = e, e0  # [B, U, dim], [B, U, 6, dim]; u = 0: t, u = 1: t = 0 (clean prefix)
+        self.clean_tokens = clean_tokens
 
     def rows(self, index: torch.Tensor) -> _Modulation:
-        return _Modulation(self.e[index], self.e0[index], self.index)
+        return _Modulation(self.e[index], self.e0[index], self.clean_tokens)
 
-    def _tokens(self, x: torch.Tensor) -> torch.Tensor:  # [B, U, dim] -> [B, L or 1, dim]
-        return x if self.index is None else x[:, self.index]
+    def block(self, block: TowerBlock) -> _Vectors:
+        """shift1, scale1, gate1, shift2, scale2, gate2 of one block (its parameter + the time projection)."""
+        return _Vectors(block.modulation.modulation.float().unsqueeze(0) + self.e0, self.clean_tokens)  # [B, U, 6, dim]
 
-    def block(self, block: TowerBlock) -> list[torch.Tensor]:
-        """Six [B, L|1, dim] vectors: shift1, scale1, gate1, shift2, scale2, gate2."""
-        mod = block.modulation.modulation.float().unsqueeze(0) + self.e0  # [B, U, 6, dim]
-        return [self._tokens(mod[:, :, k]) for k in range(6)]
+    def head(self, head_modulation: torch.Tensor) -> _Vectors:
+        """shift, scale of the head (its parameter + the time embedding e, not e0)."""
+        return _Vectors(head_modulation.float().unsqueeze(0) + self.e.unsqueeze(2), self.clean_tokens)  # [B, U, 2, dim]
 
-    def head(self, head_modulation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mod = head_modulation.float().unsqueeze(0) + self.e.unsqueeze(2)  # [B, U, 2, dim]
-        return self._tokens(mod[:, :, 0]), self._tokens(mod[:, :, 1])
+
+class _Vectors:
+    """Modulation vectors [B, U, n, dim] applied to token streams [B, L, dim], segment by segment."""
+
+    def __init__(self, mod: torch.Tensor, clean_tokens: int):
+        self.mod = mod
+        # (tokens, u): the clean prefix takes u = 1, the rest u = 0
+        self.segments = [(slice(None), 0)] if clean_tokens == 0 else [(slice(0, clean_tokens), 1),
+                                                                        (slice(clean_tokens, None), 0)]
+
+    def _v(self, u: int, k: int) -> torch.Tensor:  # [B, 1, dim]
+        return self.mod[:, u : u + 1, k]
+
+    @staticmethod
+    def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def affine(self, x: torch.Tensor, shift: int, scale: int) -> torch.Tensor:
+        """x * (1 + scale) + shift."""
+        return self._cat([x[:, s] * (1 + self._v(u, scale)) + self._v(u, shift) for s, u in self.segments])
+
+    def gated(self, residual: torch.Tensor, y: torch.Tensor, gate: int) -> torch.Tensor:
+        """residual + gate * y."""
+        return self._cat([residual[:, s] + self._v(u, gate) * y[:, s] for s, u in self.segments])
 
 
 class OviFusion(nn.Module):
@@ -185,13 +208,11 @@ class OviFusion(nn.Module):
         if t.shape[0] != b:
             raise OviInputError(f"t has {t.shape[0]} values for a batch of {b}")
         if first_frame_is_clean:
-            tv = torch.stack([t, torch.zeros_like(t)], dim=1)  # [B, 2]
-            index = torch.zeros(xv.shape[1], dtype=torch.long, device=dev)
-            index[: grid_v[1] * grid_v[2]] = 1
+            tv, clean = torch.stack([t, torch.zeros_like(t)], dim=1), grid_v[1] * grid_v[2]  # [B, 2], frame-0 tokens
         else:
-            tv, index = t[:, None], None
-        mod_v = _Modulation(*self.video_model.embed_time(tv), index)
-        mod_a = _Modulation(*self.audio_model.embed_time(t[:, None]), None)
+            tv, clean = t[:, None], 0
+        mod_v = _Modulation(*self.video_model.embed_time(tv), clean)
+        mod_a = _Modulation(*self.audio_model.embed_time(t[:, None]))
 
         # 3. RoPE tables (cached per token grid)
         rope_v, rope_a = self._ropes(grid_v, grid_a, dev)
@@ -228,21 +249,20 @@ class OviFusion(nn.Module):
     def _fused_block(self, i, xv, xa, mod_v, mod_a, rope_v, rope_a, text: TextContext, backend):
         vb: TowerBlock = self.video_model.blocks[i]
         ab: TowerBlock = self.audio_model.blocks[i]
-        ea = mod_a.block(ab)  # 6 x [B, 1, dim]
-        ev = mod_v.block(vb)  # 6 x [B, Lv|1, dim]
+        ea, ev = mod_a.block(ab), mod_v.block(vb)  # vectors 0..5: shift1, scale1, gate1, shift2, scale2, gate2
 
         # audio then video self-attention (gated residuals)
-        xa = xa + ea[2] * ab.self_attn(ab.norm1(xa) * (1 + ea[1]) + ea[0], rope_a, backend).float()
-        xv = xv + ev[2] * vb.self_attn(vb.norm1(xv) * (1 + ev[1]) + ev[0], rope_v, backend).float()
+        xa = ea.gated(xa, ab.self_attn(ea.affine(ab.norm1(xa), 0, 1), rope_a, backend).float(), 2)
+        xv = ev.gated(xv, vb.self_attn(ev.affine(vb.norm1(xv), 0, 1), rope_v, backend).float(), 2)
         xa_sa = xa
 
         # audio cross step: text + the video stream after its self-attention; then FFN
         xa = xa + ab.cross_attn(ab.norm3(xa), text.audio_kv[i], xv, rope_a, rope_v, backend).float()
-        xa = xa + ea[5] * self._ffn(ab, ab.norm2(xa) * (1 + ea[4]) + ea[3])
+        xa = ea.gated(xa, self._ffn(ab, ea.affine(ab.norm2(xa), 3, 4)), 5)
 
         # video cross step: text + the audio stream after its self-attention; then FFN
         xv = xv + vb.cross_attn(vb.norm3(xv), text.video_kv[i], xa_sa, rope_v, rope_a, backend).float()
-        xv = xv + ev[5] * self._ffn(vb, vb.norm2(xv) * (1 + ev[4]) + ev[3])
+        xv = ev.gated(xv, self._ffn(vb, ev.affine(vb.norm2(xv), 3, 4)), 5)
         return xv, xa
 
     def _ffn(self, block: TowerBlock, x: torch.Tensor) -> torch.Tensor:
@@ -255,8 +275,7 @@ class OviFusion(nn.Module):
 
     @staticmethod
     def _head(tower: WanTower, x: torch.Tensor, mod: _Modulation, grid) -> torch.Tensor:
-        shift, scale = mod.head(tower.head.modulation)
-        out = tower.head.head(tower.head.norm(x) * (1 + scale) + shift).float()
+        out = tower.head.head(mod.head(tower.head.modulation).affine(tower.head.norm(x), 0, 1)).float()
         return tower.unpatchify(out, grid)
 
     def _check_latents(self, video: torch.Tensor, audio: torch.Tensor):
