@@ -99,7 +99,7 @@ class FusionConfig:
         try:
             return cls(video=_tower_from_kwargs(data["video_config"]), audio=_tower_from_kwargs(data["audio_config"]))
         except KeyError as exc:
-            raise OviInputError(f"a reference config needs 'video_config' and 'audio_config' entries; missing {exc}")
+            raise OviInputError(f"a reference config needs 'video_config' and 'audio_config' entries; missing {exc}") from None
 
     def to_reference_json(self) -> dict:
         return {"video_config": _tower_to_kwargs(self.video), "audio_config": _tower_to_kwargs(self.audio)}

@@ -56,9 +56,9 @@ def _tables(angles: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, L, H, D] by the tables [L, D/2]; computed in float32, returned in x's dtype."""
-    b, l, h, d = x.shape
-    xf = x.float().reshape(b, l, h, d // 2, 2)
+    b, n, h, d = x.shape
+    xf = x.float().reshape(b, n, h, d // 2, 2)
     re, im = xf[..., 0], xf[..., 1]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     out = torch.stack((re * c - im * s, re * s + im * c), dim=-1)
-    return out.reshape(b, l, h, d).to(x.dtype)
+    return out.reshape(b, n, h, d).to(x.dtype)

@@ -554,7 +554,7 @@ class OviTextEncoder:
                 f"{_WHERE_TO_GET}")
 
     @classmethod
-    def from_transformers(cls, model: nn.Module, tokenizer, **kwargs) -> "OviTextEncoder":
+    def from_transformers(cls, model: nn.Module, tokenizer, **kwargs) -> OviTextEncoder:
         """Wrap an already-loaded transformers UMT5EncoderModel and its tokenizer (transformers or sentencepiece)."""
         return cls(model, tokenizer, **kwargs)
 
@@ -570,7 +570,7 @@ class OviTextEncoder:
     def output_dim(self) -> int:
         return self.model.config.d_model
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "OviTextEncoder":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> OviTextEncoder:
         """Move (e.g. to "cpu" after encoding to free the GPU); fp8 weights stay fp8."""
         self.model.to(device=device, dtype=dtype)
         return self
