@@ -220,10 +220,12 @@ class OviFusion(nn.Module):
         # 4. fused blocks (SLG: block slg_layer skipped, for all rows or only the rows in skip_mask)
         for i in range(self.cfg.num_layers):
             if slg_layer > 0 and i == slg_layer:
-                run = None if skip_mask is None else (~skip_mask.to(dev).bool()).nonzero().flatten()
+                # rows that keep the block (decided on the CPU: a [B] mask, and no device sync in nonzero)
+                run = None if skip_mask is None else (~skip_mask.detach().cpu().bool()).nonzero().flatten()
                 if run is None or run.numel() == 0:
                     continue
                 if run.numel() < b:  # run the block on the other rows only
+                    run = run.to(dev)
                     xv, xa = xv.clone(), xa.clone()
                     xv[run], xa[run] = self._run_block(i, xv[run], xa[run], mod_v.rows(run), mod_a.rows(run),
                                                        rope_v, rope_a, text.rows(run), backend)

@@ -159,3 +159,19 @@ def test_ffn_chunking_and_block_swap_keep_the_numbers(golden_dir, tiny_fusion):
         tiny_fusion.enable_block_swap(0, "cpu")
     torch.testing.assert_close(got[0], base[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(got[1], base[1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("frames,side,audio_len", [(31, 44, 157), (61, 60, 314)])  # 720x720_5s, 960x960_10s
+def test_full_size_forward_runs_on_the_meta_device(frames, side, audio_len):
+    """Shapes through the real 30-block model at the released latent sizes (I2V, batched CFG with SLG)."""
+    with torch.device("meta"):
+        model = OviFusion(FusionConfig.full())
+    model.set_compute_dtype(torch.bfloat16)
+    video = torch.empty(2, 48, frames, side, side, device="meta")
+    audio = torch.empty(2, audio_len, 20, device="meta")
+    ctx = torch.empty(2, 40, 4096, device="meta")
+    text = model.prepare_text(ctx, ctx)
+    v, a = model(video, audio, torch.tensor([999, 999]), text=text, first_frame_is_clean=True, slg_layer=11,
+                 skip_mask=torch.tensor([False, True]))
+    assert v.shape == video.shape and a.shape == audio.shape
+    assert v.dtype == a.dtype == torch.float32
