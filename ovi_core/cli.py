@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ovi_core.config import VARIANTS
 from ovi_core.errors import OviError, OviInputError, OviInterrupted, WrongFileError
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _add_weight_args(p: argparse.ArgumentParser) -> None:
                    "weights are configured)")
     g.add_argument("--ckpt-dir", type=Path, help=f"reference download folder (Ovi/, Wan2.2-TI2V-5B/, MMAudio/); env {ENV_CKPT_DIR}")
     g.add_argument("--comfy-models", type=Path, help=f"ComfyUI models folder; env {ENV_COMFY_MODELS}")
-    g.add_argument("--variant", choices=("720x720_5s", "960x960_5s", "960x960_10s"),
+    g.add_argument("--variant", choices=tuple(VARIANTS),
                    help="which Ovi model (default: the first found, in this order)")
     g.add_argument("--fp8", action="store_true", help="use model_fp8_e4m3fn.safetensors (720x720_5s only)")
     g.add_argument("--model", type=Path, help="the fused Ovi file (model.safetensors, ...)")

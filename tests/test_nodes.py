@@ -41,14 +41,6 @@ def sample(model, text, seed=1, steps=3, slg_layer=1, width=SIDE, height=SIDE, *
                video_guidance=4.0, audio_guidance=3.0, slg_layer=slg_layer, width=width, height=height, **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from threads, and two threads on two busy cores spin-wait badly."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def short(model):
     """The demo model with a 3-latent-frame clip (9 frames, 11 audio latents) instead of 31/157: same code, less

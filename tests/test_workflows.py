@@ -66,13 +66,6 @@ SHORT_LATENTS = (3, 11)  # video, audio latents of the short clip the real-weigh
 SHORT_FRAMES = 1 + 4 * (SHORT_LATENTS[0] - 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---- definitions -------------------------------------------------------------------------------------------------
 def definition(node_type: str) -> tuple[dict, tuple]:
