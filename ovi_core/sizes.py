@@ -25,6 +25,12 @@ VAE_STRIDE = 16  # pixels per video latent cell
 SIZE_MULTIPLE = 32  # = VAE stride x the DiT's 2x2 patch
 MAX_SIDE = 16384
 AREA_TOLERANCE = 0.10
+# Largest clip accepted at an exact size (nodes, Python API): this factor times the variant's trained area, i.e.
+# 1.5x the trained side in each direction (720x720_5s: 1,166,400 px, e.g. 1088x1056; the 960 models: 2,073,600 px,
+# e.g. 1920x1056). Attention cost grows with the square of the token count, so 2.25x the area is already ~5x the
+# time of a normal clip; 4096x4096 (32x the 720 area) would run for hours and is refused before anything runs.
+MAX_AREA_FACTOR = 2.25
+LARGEST_TRAINED_AREA = 960 * 960  # the largest released variant's (config.VARIANTS); used when the model is unknown
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,35 @@ def image_size_for_area(height: int, width: int, target_area: int, multiple: int
     return min(candidates, key=lambda hw: (abs(hw[0] * hw[1] - target_area), abs(hw[1] / max(hw[0], 1e-8) - ratio)))
 
 
+def check_clip_size(width, height, target_area: int | None = None, what: str = "") -> tuple[int, int]:
+    """(width, height) of an exact-size clip, or OviInputError saying what is wrong and what is allowed.
+
+    Sides: whole numbers, multiples of 32. Area: at most MAX_AREA_FACTOR x ``target_area`` (the variant's trained
+    area; the largest variant's when None)."""
+    area_cap = int(MAX_AREA_FACTOR * (target_area or LARGEST_TRAINED_AREA))
+    sides = []
+    for name, v in (("width", width), ("height", height)):
+        whole = isinstance(v, numbers.Integral) or (isinstance(v, float) and v.is_integer())
+        if isinstance(v, bool) or not whole:
+            raise OviInputError(f"{name} must be a whole number of pixels, got {v!r}")
+        v = int(v)
+        if v < SIZE_MULTIPLE:
+            raise OviInputError(f"{name} must be at least {SIZE_MULTIPLE} pixels, got {v}")
+        if v % SIZE_MULTIPLE:
+            lo, hi = v // SIZE_MULTIPLE * SIZE_MULTIPLE, (v // SIZE_MULTIPLE + 1) * SIZE_MULTIPLE
+            raise OviInputError(f"{name} {v} is not a multiple of {SIZE_MULTIPLE} (Ovi's video latent is 1/16 of the "
+                                f"picture and the model groups latents 2x2); use {lo} or {hi}")
+        sides.append(v)
+    w, h = sides
+    if w * h > area_cap:
+        side = math.isqrt(target_area or LARGEST_TRAINED_AREA)
+        raise OviInputError(
+            f"{w}x{h} ({w * h:,} pixels) is too large{' for ' + what if what else ''}: at most {area_cap:,} pixels "
+            f"({MAX_AREA_FACTOR:g}x the trained {side}x{side} area) are accepted, since time grows with the square "
+            f"of the area; the model works best near {side}x{side} (e.g. {side // 32 * 32}x{side // 32 * 32})")
+    return w, h
+
+
 def latent_shapes(variant, height: int, width: int, *, snap: bool = True) -> LatentShapes:
     """Noise shapes for ``variant`` (a config.Variant or its name) at a requested (height, width).
 
@@ -133,12 +168,7 @@ def latent_shapes(variant, height: int, width: int, *, snap: bool = True) -> Lat
     if snap:
         height, width = video_size_for_variant(height, width, variant.target_area, variant.name)
     else:
-        height, width = _check_side("height", height), _check_side("width", width)
-        if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-            raise OviInputError(
-                f"height and width must be multiples of {SIZE_MULTIPLE}, got {height}x{width}; "
-                f"use snap_to_area() or image_size_for_area() to pick a valid size"
-            )
+        width, height = check_clip_size(width, height, variant.target_area, f"the {variant.name} model")
     return LatentShapes(
         height=height,
         width=width,

@@ -321,8 +321,14 @@ def test_latent_shapes_per_variant():
     s = latent_shapes("960x960_10s", 960, 960)
     assert (s.video, s.audio) == ((48, 61, 60, 60), (314, 20))
     assert latent_shapes("960x960_5s", 512, 960, snap=False).video == (48, 31, 32, 60)
-    with pytest.raises(OviInputError, match="multiples of 32"):
+    with pytest.raises(OviInputError, match="not a multiple of 32.*use 480 or 512"):
         latent_shapes("960x960_5s", 500, 960, snap=False)
+    # exact sizes are capped at MAX_AREA_FACTOR x the trained area: 1920x1056 fits the 960 models, 4096x4096 not
+    assert latent_shapes("960x960_5s", 1056, 1920, snap=False).video == (48, 31, 66, 120)
+    with pytest.raises(OviInputError, match=r"4096x4096 \(16,777,216 pixels\) is too large.*at most 2,073,600"):
+        latent_shapes("960x960_5s", 4096, 4096, snap=False)
+    with pytest.raises(OviInputError, match="at most 1,166,400"):
+        latent_shapes("720x720_5s", 1088, 1088, snap=False)
     with pytest.raises(OviInputError, match="unknown Ovi variant"):
         latent_shapes("1080p", 720, 720)
 
