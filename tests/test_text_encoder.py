@@ -224,10 +224,22 @@ def test_bf16_matches_the_reference_bf16_path(tmp_path, wan_sd, case):
     path = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
     torch.save({k: v.bfloat16() for k, v in wan_sd.items()}, path)
     model, _ = load_umt5_encoder(path, dtype=torch.bfloat16)
-    for i, g in enumerate(_contexts(model, case)):
+    got = _contexts(model, case)
+    # Bounds from the arithmetic, not from one CPU: bf16 keeps 8 significant bits, so each rounding is off by up to
+    # u = 2^-8 relative, and an element of magnitude 2..4 (these outputs reach 3.8) moves in steps of 2^-6 = 0.0156.
+    # A max-abs bound below a few such steps cannot hold across CPUs: bf16 matmuls are computed by different kernels
+    # (native AVX512-BF16/AMX vs an fp32 emulation on AVX2) that round at different points. So:
+    # 1. against the float32 golden, the golden README's acceptance for bf16 text encoders: relative L2 <= 0.05
+    #    (the reference's own bf16 path measures 0.010-0.018 on these prompts);
+    assert _rel_l2(got, case) <= 0.05
+    for i, g in enumerate(got):
         assert g.dtype == torch.bfloat16
-        # the unmodified reference code with bf16 weights on CPU; transformers' eager path matches it
-        assert (g.float() - case[f"out_bf16ref.context_{i}"]).abs().max().item() <= 1e-2
+        ref = case[f"out_bf16ref.context_{i}"]
+        # 2. against the unmodified reference's bf16 path, which does the same roundings in the same places: only the
+        #    kernels' summation order and internal precision differ, a few u in RMS over the ~10 roundings of two
+        #    layers. Bound: 4u = 2^-6 relative L2 (measured: 0.0 with native bf16 kernels, 1.9e-3 under
+        #    ONEDNN_MAX_CPU_ISA=AVX2).
+        assert ((g.float() - ref).norm() / ref.norm()).item() <= 2**-6
 
 
 def test_padding_to_longest_prompt_matches_512_padding(golden_dir, case):
