@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import interrupt
 from .errors import WrongFileError
 
 
@@ -160,6 +161,7 @@ class BigVGAN(nn.Module):
         n = len(self.cfg.resblock_kernel_sizes)
         x = self.conv_pre(mel)
         for i, up in enumerate(self.ups):
+            interrupt.check("the vocoder")
             x = up[0](x)
             # average of the parallel AMP blocks (summed in order, as the reference does)
             acc = self.resblocks[i * n](x)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ovi_core import interrupt
 from ovi_core.attention import resolve_backend
 from ovi_core.config import FusionConfig
 from ovi_core.errors import OviInputError
@@ -169,7 +170,10 @@ class OviFusion(nn.Module):
         kv = []
         for tower, ctx in ((self.video_model, video_context), (self.audio_model, audio_context)):
             emb = tower.embed_text(self._pad_context(ctx, batch))  # [B, 512, dim]
-            kv.append([blk.cross_attn.text_kv(emb) for blk in tower.blocks])
+            kv.append([])
+            for blk in tower.blocks:
+                interrupt.check("the text keys/values")
+                kv[-1].append(blk.cross_attn.text_kv(emb))
         return TextContext(video_kv=kv[0], audio_kv=kv[1])
 
     # ---- forward ------------------------------------------------------------------------------------------
@@ -217,8 +221,10 @@ class OviFusion(nn.Module):
         # 3. RoPE tables (cached per token grid)
         rope_v, rope_a = self._ropes(grid_v, grid_a, dev)
 
-        # 4. fused blocks (SLG: block slg_layer skipped, for all rows or only the rows in skip_mask)
+        # 4. fused blocks (SLG: block slg_layer skipped, for all rows or only the rows in skip_mask); a stop request
+        #    is honoured between blocks (a swapped block is back on its offload device by then)
         for i in range(self.cfg.num_layers):
+            interrupt.check("the transformer forward")
             if slg_layer > 0 and i == slg_layer:
                 # rows that keep the block (decided on the CPU: a [B] mask, and no device sync in nonzero)
                 run = None if skip_mask is None else (~skip_mask.detach().cpu().bool()).nonzero().flatten()

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import interrupt
 from .audio_resample import resample_audio  # noqa: F401  (re-exported: decoders and resampling in one place)
 from .bigvgan import BigVGAN, build_demo_vocoder, vocoder_from_state_dict
 from .checkpoint_io import read_checkpoint
@@ -324,6 +325,7 @@ class MelDecoder(nn.Module):
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h))).clamp(-clip, clip)
         for level in reversed(range(len(self.up))):
+            interrupt.check("decoding the audio")
             for block in self.up[level].block:
                 h = block(h).clamp(-clip, clip)
             if self.up[level].upsample is not None:

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import torch
 
+from ovi_core import interrupt
 from ovi_core.errors import OviInputError, OviInterrupted
 from ovi_core.schedulers import SOLVERS, check_schedule_args, make_scheduler
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
@@ -256,7 +257,8 @@ def sample_joint(
     first_frame_latent: image-to-video, the encoded first frame [48, 1, h, w] (or [1, 48, 1, h, w]).
     callback(step, total, StepLatents) runs after every step; ``should_interrupt()`` before every step — return
       True to stop (OviInterrupted is raised) or raise your own exception. Either stops sampling: exceptions
-      propagate.
+      propagate. The process-wide checkers of ``ovi_core.interrupt`` are consulted too, before every step and
+      between the model's blocks.
     batched_cfg / cache_text: see the module docstring; both False = the reference's loop.
     """
     check_settings(solver, steps, shift, video_guidance, audio_guidance, slg_layer, seed, _num_layers(model))
@@ -298,6 +300,7 @@ def sample_joint(
     for i in range(steps):
         if should_interrupt is not None and should_interrupt():
             raise OviInterrupted(f"sampling stopped on request before step {i + 1} of {steps}")
+        interrupt.check("sampling")  # the process-wide checkers (also checked inside every forward, per block)
         if first is not None:
             video = _with_first_frame(video, first)
         t = torch.full((1,), sched_v.timesteps[i].item(), dtype=sched_v.timesteps.dtype, device=device)

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import interrupt
 from .checkpoint_io import CheckpointFile, sniff_format
 from .errors import OviInputError, WrongFileError
 
@@ -389,7 +390,22 @@ def _empty_umt5(config) -> nn.Module:
 
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
-    return model.eval().requires_grad_(False)
+    return _check_between_layers(model.eval().requires_grad_(False))
+
+
+def _stop_check(module: nn.Module, args) -> None:
+    interrupt.check("encoding the prompt")
+
+
+def _check_between_layers(model: nn.Module) -> nn.Module:
+    """Consult ovi_core.interrupt before every encoder layer: a forward pre-hook on each block, added once per model
+    (the hooks stay with the model, so an interrupted call leaves nothing to undo)."""
+    blocks = getattr(getattr(model, "encoder", None), "block", None)
+    if blocks is not None and not getattr(model, "_ovi_stop_hooks", False):
+        for block in blocks:
+            block.register_forward_pre_hook(_stop_check)
+        model._ovi_stop_hooks = True
+    return model
 
 
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, fp8_scale: torch.Tensor | None = None) -> None:
@@ -479,6 +495,7 @@ def load_umt5_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype 
         # 2. an empty model (meta device: nothing allocated), then the tensors streamed in one at a time
         model = _empty_umt5(umt5_config(**{("vocab_size" if k == "vocab" else k): v for k, v in hp.items()}))
         for key, name in names.items():
+            interrupt.check("loading the text encoder")
             t = f.get(key)
             dtype_name = str(t.dtype).removeprefix("torch.")
             info.weight_dtypes[dtype_name] = info.weight_dtypes.get(dtype_name, 0) + 1
@@ -526,6 +543,7 @@ class TokenizedPrompts:
 def encode_token_ids(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
     """Run the encoder on a padded batch and trim each row to its mask length, as Ovi's T5EncoderModel does."""
     device = model.shared.weight.device
+    _check_between_layers(model)
     hidden = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
     lengths = attention_mask.gt(0).sum(dim=1).tolist()
     return [hidden[i, :n].clone() for i, n in enumerate(lengths)]  # clone: do not keep the padded batch alive
@@ -541,7 +559,7 @@ class OviTextEncoder:
 
     def __init__(self, model: nn.Module, tokenizer, *, text_len: int = TEXT_LEN, pad_to_max_length: bool = False,
                  info: EncoderFileInfo | None = None):
-        self.model = model.eval().requires_grad_(False)
+        self.model = _check_between_layers(model.eval().requires_grad_(False))
         self.tokenizer = as_prompt_tokenizer(tokenizer)
         self.text_len = text_len
         self.pad_to_max_length = pad_to_max_length

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import interrupt
 from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError
 
@@ -407,12 +408,14 @@ class Decoder3d(nn.Module):
         """Low-resolution part (input conv, res blocks, frame-wide attention): [B, z, T, h, w] -> [B, C, T, h, w]."""
         x = _streamed(self.conv1, z, state)
         for layer in self.middle:
+            interrupt.check("decoding the video")
             x = layer(x, state)
         return x
 
     def upsampler(self, x: torch.Tensor, state: dict, first_chunk: bool) -> torch.Tensor:
         """Purely local part: [B, C, T, h, w] -> [B, 12, T', 8h, 8w] (T' = 1 for the first chunk, else 4T)."""
         for stage in self.upsamples:
+            interrupt.check("decoding the video")
             x = stage(x, state, first_chunk)
         x = F.silu(self.head[0](x))
         return _streamed(self.head[2], x, state)
@@ -435,6 +438,7 @@ class Encoder3d(nn.Module):
     def forward(self, x: torch.Tensor, state: dict) -> torch.Tensor:
         x = _streamed(self.conv1, x, state)
         for layer in list(self.downsamples) + list(self.middle):
+            interrupt.check("encoding the image")
             x = layer(x, state)
         x = F.silu(self.head[0](x))
         return _streamed(self.head[2], x, state)
@@ -499,7 +503,8 @@ class WanVideoVAE(nn.Module):
         stays within ~1e-3 of untiled decoding (tiny test model); smaller overlaps save work but show seams.
         output_device: where the frames are assembled (default: the model's device); "cpu" keeps a long clip's
         frames out of GPU memory. progress(done, total) is called after each decoded piece and may raise
-        (e.g. OviInterrupted) to stop.
+        (e.g. OviInterrupted) to stop; the checkers of ovi_core.interrupt are consulted per latent frame, tile and
+        decoder stage.
         """
         self._check_latent(latent)
         b, _, nf, h, w = latent.shape
@@ -513,6 +518,7 @@ class WanVideoVAE(nn.Module):
             # 2a. whole frames, one latent frame at a time
             state: dict = {}
             for i in range(nf):
+                interrupt.check("decoding the video")
                 x = self.decoder.trunk(z[:, :, i : i + 1], state)
                 x = self.decoder.upsampler(x, state, first_chunk=i == 0)
                 out[:, :, _frame_slice(i)] = _unpatchify(x).to(out_dev, torch.float32)
@@ -536,6 +542,7 @@ class WanVideoVAE(nn.Module):
         state: dict = {}
         trunk = None
         for i in range(nf):
+            interrupt.check("decoding the video")
             x = self.decoder.trunk(z[:, :, i : i + 1], state)  # [B, C, 1, h, w]
             if trunk is None:
                 trunk = x.new_empty(x.shape[:2] + (nf,) + x.shape[3:])
@@ -549,6 +556,7 @@ class WanVideoVAE(nn.Module):
             ys, xs = slice(16 * y0, 16 * (y0 + th)), slice(16 * x0, 16 * (x0 + tw))
             state = {}
             for i in range(nf):
+                interrupt.check("decoding the video")
                 x = self.decoder.upsampler(trunk[:, :, i : i + 1, y0 : y0 + th, x0 : x0 + tw], state, i == 0)
                 out[:, :, _frame_slice(i), ys, xs] += _unpatchify(x).to(out.device, torch.float32) * mask
                 if progress is not None:
@@ -572,7 +580,11 @@ class WanVideoVAE(nn.Module):
         x = _patchify(frames.to(self.device, self.dtype))
         state: dict = {}
         chunks = [x[:, :, :1]] + [x[:, :, i : i + 4] for i in range(1, x.shape[2], 4)]  # frame 0, then 4 at a time
-        h = torch.cat([self.encoder(c, state) for c in chunks], dim=2)
+        encoded = []
+        for c in chunks:
+            interrupt.check("encoding the image")
+            encoded.append(self.encoder(c, state))
+        h = torch.cat(encoded, dim=2)
         mu = self.conv1(h)[:, : self.cfg.z_dim]  # the log-variance half is not needed
         mean = self.latent_mean.to(mu).view(1, -1, 1, 1, 1)
         return ((mu - mean) * (1.0 / self.latent_std.to(mu)).view(1, -1, 1, 1, 1)).float()

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ovi_core import interrupt
 from ovi_core.checkpoint_io import CheckpointFile
 from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig, TowerConfig
 from ovi_core.errors import WrongFileError
@@ -241,6 +242,7 @@ def load_fusion_model(
 
     with CheckpointFile(info.path) as f:
         for name, file_key in info.file_keys.items():
+            interrupt.check("loading the model weights")
             place(name, f.get(file_key))
 
     model.set_compute_dtype(dtype)
