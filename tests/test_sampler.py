@@ -95,7 +95,13 @@ def test_out_of_memory_falls_back_to_two_passes(golden_dir, tiny_fusion):
 def test_seed_gives_the_reference_noise(golden_dir):
     d = load_file(str(_case(golden_dir, 2)))
     video, audio = make_noise(d["init.video_noise"].shape, d["init.audio_noise"].shape, int(d["in.seed"]))
-    assert torch.equal(video, d["init.video_noise"]) and torch.equal(audio, d["init.audio_noise"])
+    # Same generator, same seed, same draw order: equal up to the last bit of float32. torch's normal sampler is
+    # vectorised (AVX2/AVX512 give identical bits); its scalar fallback (ATEN_CPU_CAPABILITY=default) computes the
+    # Box-Muller transform (log, sqrt, cos in float32) with scalar libm calls and differs by a few ulp (measured
+    # 1.3e-6 at |x| <= 4, where 1 ulp is 2.4e-7..4.8e-7). A wrong seed or a different draw order gives O(1)
+    # differences, so 1e-5 still proves the reference's noise.
+    torch.testing.assert_close(video, d["init.video_noise"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(audio, d["init.audio_noise"], atol=1e-5, rtol=0)
 
 
 def test_seed_is_reproducible(golden_dir, tiny_fusion):

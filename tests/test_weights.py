@@ -44,7 +44,10 @@ def test_seeded_init_reproduces_the_golden_tiny_weights(tiny_sd):
     init_weights_seeded(model, seed=0)
     sd = model.state_dict()
     assert list(sd) == list(tiny_sd) or set(sd) == set(tiny_sd)
-    assert all(torch.equal(sd[k], tiny_sd[k]) for k in tiny_sd)
+    # bit-equal on AVX2/AVX512 CPUs; torch's scalar normal sampler (ATEN_CPU_CAPABILITY=default) differs by up to
+    # a few ulp (see test_sampler.test_seed_gives_the_reference_noise), and a wrong order gives O(0.01..1) differences
+    for k in tiny_sd:
+        torch.testing.assert_close(sd[k], tiny_sd[k], atol=1e-5, rtol=0, msg=k)
 
 
 def test_streamed_load_equals_load_state_dict(golden_dir, tiny_sd):
