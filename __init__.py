@@ -17,6 +17,32 @@ if "ovi_core" not in sys.modules and importlib.util.find_spec("ovi_core") is Non
     sys.modules["ovi_core"] = _module
     _spec.loader.exec_module(_module)
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+# The pack's requirements.txt, by the module each one provides: checked before any node is imported, so a ComfyUI
+# whose Python lacks one gets one log line naming the command (not a traceback, not a failure halfway through a run).
+REQUIRED_MODULES = {"safetensors": "safetensors", "numpy": "numpy", "av": "av", "transformers": "transformers",
+                    "sentencepiece": "sentencepiece", "ftfy": "ftfy", "diffusers": "diffusers", "tqdm": "tqdm",
+                    "pillow": "PIL"}
+
+
+def missing_requirements() -> list[str]:
+    """requirements.txt names whose module cannot be found in this Python."""
+    return [name for name, module in REQUIRED_MODULES.items() if importlib.util.find_spec(module) is None]
+
+
+def install_command() -> str:
+    return f"{sys.executable} -m pip install -r {os.path.join(os.path.dirname(os.path.abspath(__file__)), 'requirements.txt')}"
+
+
+_missing = missing_requirements()
+if _missing:
+    import logging
+
+    logging.getLogger(__name__).error("ComfyUI-Ovi: missing Python package%s %s; no Ovi nodes are loaded. Install "
+                                      "them into ComfyUI's Python and restart: %s", "s" if len(_missing) > 1 else "",
+                                      ", ".join(_missing), install_command())
+    NODE_CLASS_MAPPINGS: dict = {}
+    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+else:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

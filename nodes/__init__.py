@@ -8,6 +8,7 @@ from .sampling import OviSampler
 from .text import OviTextEncode, OviTextFromConditioning
 
 bridge.register_model_folders()
+bridge.install_interrupt_checker()
 
 # Node ids never change once shipped (saved workflows refer to them).
 NODE_CLASS_MAPPINGS = {

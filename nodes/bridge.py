@@ -224,6 +224,30 @@ def check_interrupt() -> bool:
     return False
 
 
+_checker_installed = False
+
+
+def _comfy_interrupt_checker() -> bool:
+    """ovi_core.interrupt checker: ComfyUI's cancel flag, looked up at every check (per transformer block, VAE
+    chunk or tile, text-encoder layer, vocoder stage, muxed frame), so /interrupt stops inside long operations."""
+    mm.throw_exception_if_processing_interrupted()
+    return False
+
+
+def install_interrupt_checker() -> bool:
+    """Make ComfyUI's cancel stop ovi_core's long loops (process-wide, as ComfyUI's flag is). Idempotent; a no-op
+    without ComfyUI. Returns whether the checker is installed."""
+    if not HAVE_COMFY:
+        return False
+    global _checker_installed
+    if not _checker_installed:
+        from ovi_core import interrupt
+
+        interrupt.add_checker(_comfy_interrupt_checker)
+        _checker_installed = True
+    return True
+
+
 class Progress:
     """One tick per step on the node's progress bar, with a latent preview when ComfyUI's previews are on."""
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ovi_core.errors import OviInputError
-from ovi_core.sizes import AUDIO_LATENT_CHANNELS, SIZE_MULTIPLE, VIDEO_LATENT_CHANNELS
+from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,13 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- LATENT ------------------------------------------------------------------------------------------------------
 def _samples(latent, socket: str) -> torch.Tensor:
-    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
+    if not isinstance(latent, dict):
         raise OviInputError(f"{socket} must be a LATENT (a dict with a 'samples' tensor), got {type(latent).__name__}")
-    return latent["samples"]
+    samples = latent.get("samples")
+    if not isinstance(samples, torch.Tensor) or type(samples).__name__ == "NestedTensor":
+        raise OviInputError(f"{socket} is a LATENT whose samples are a {type(samples).__name__}, not one tensor (a "
+                            "joint audio+video latent of another model?); connect Ovi Sampler's latent outputs here")
+    return samples
 
 
 def video_latent_to_comfy(video: torch.Tensor, device: torch.device) -> dict:
@@ -131,16 +135,28 @@ def start_image_to_frames(image, width: int, height: int) -> torch.Tensor:
     return (x.clamp(0.0, 1.0) * 2.0 - 1.0).unsqueeze(2)  # [1, 3, 1, H, W]
 
 
-def check_size(width: int, height: int) -> str | None:
-    """None when width and height are usable clip sides, else the message (used by VALIDATE_INPUTS)."""
-    for name, v in (("width", width), ("height", height)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < SIZE_MULTIPLE or v > 4096:
-            return f"{name} must be a whole number of pixels between {SIZE_MULTIPLE} and 4096, got {v!r}"
-        if v % SIZE_MULTIPLE:
-            lo, hi = v // SIZE_MULTIPLE * SIZE_MULTIPLE, (v // SIZE_MULTIPLE + 1) * SIZE_MULTIPLE
-            return (f"{name} {v} is not a multiple of {SIZE_MULTIPLE} (Ovi's video latent is 1/16 of the picture and "
-                    f"the model groups latents 2x2); use {max(lo, SIZE_MULTIPLE)} or {hi}")
+def check_size(width, height, target_area: int | None = None, what: str = "") -> str | None:
+    """None when width x height is a usable clip size, else the message (what was given, what is allowed, what to
+    do). Without ``target_area`` the bound is the largest released variant's (VALIDATE_INPUTS, before the model is
+    known); the sampler checks again with its model's trained area (ovi_core.sizes.check_clip_size)."""
+    from ovi_core.sizes import check_clip_size
+
+    try:
+        check_clip_size(width, height, target_area, what)
+    except OviInputError as exc:
+        return str(exc)
     return None
+
+
+def refuse(message: str | None):
+    """VALIDATE_INPUTS verdict that ComfyUI shows once: True, or an OviInputError.
+
+    ComfyUI 0.8 (execution.validate_inputs) attaches a returned message to *every* input the method names, so a check
+    of width and height together would list the same message twice; an exception raised there is listed once, with
+    its message, under the node. Methods that name a single input return their message instead."""
+    if message is not None:
+        raise OviInputError(message)
+    return True
 
 
 # ---- CONDITIONING ------------------------------------------------------------------------------------------------

@@ -6,6 +6,24 @@ from . import bridge
 from .convert import audio_latent_from_comfy, frames_to_image, video_latent_from_comfy
 
 SAMPLE_RATES = ("16000", "22050", "24000", "32000", "44100", "48000")
+
+
+def sample_rate_of(value) -> int | None:
+    """The rate a sample_rate input asks for — the combo's text ("16000") or the same number (16000, as API prompts
+    and other nodes' INT outputs give it) — or None when it is not one of SAMPLE_RATES."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return int(text) if text in SAMPLE_RATES else None
+
+
+def sample_rate_problem(value) -> str | None:
+    if sample_rate_of(value) is None:
+        return (f"sample_rate {value!r} is not offered; pick one of {', '.join(SAMPLE_RATES)} Hz (16000 is what Ovi "
+                "makes, the others are resampled)")
+    return None
 OVERLAP = 16  # latent pixels shared by neighbouring tiles (256 picture pixels): 5e-4 from untiled on the tiny VAE (8: 3e-2)
 
 
@@ -54,11 +72,23 @@ class OviAudioDecode:
                 "tooltip": "Output sample rate in Hz. 16000 is what Ovi makes; other rates are resampled (band-limited)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, sample_rate=None):
+        """Takes the combo's text or the same number (ComfyUI itself would refuse 16000 as "not in list"); a missing
+        input is left to ComfyUI, a linked one (None) is checked when the node runs."""
+        if sample_rate is None:
+            return True
+        return sample_rate_problem(sample_rate) or True
+
     def decode(self, audio_vae, audio_latent, sample_rate):
+        from ovi_core.errors import OviInputError
+
+        if (msg := sample_rate_problem(sample_rate)) is not None:
+            raise OviInputError(msg)
         latent = audio_latent_from_comfy(audio_latent)
         decoder = audio_vae.acquire()
         waveform = decoder.decode(latent).float()  # [B, 1, 512 L] at decoder.sample_rate
-        rate = int(sample_rate)
+        rate = sample_rate_of(sample_rate)
         if rate != decoder.sample_rate:
             from ovi_core.audio_resample import resample_audio
 

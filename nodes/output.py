@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 
 import numpy as np
 import torch
@@ -42,6 +44,31 @@ def _check_audio(audio) -> tuple[torch.Tensor, int]:
     return wave[0].float().cpu(), int(audio["sample_rate"])
 
 
+# What ComfyUI appends to the prefix ("_00001_.mp4") plus what the temporary name adds while writing.
+NAME_RESERVE = len("_00001_.mp4") + 40
+
+
+def prefix_problem(prefix) -> str | None:
+    """None when filename_prefix is a usable name under ComfyUI's output folder, else the message."""
+    from ovi_core.outpaths import OutputPathError, check_name_part
+
+    if isinstance(prefix, str) and (os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or
+                                    (len(prefix) > 1 and prefix[1] == ":")):
+        return (f"filename_prefix {prefix[:60]!r} is an absolute path; give a name inside ComfyUI's output folder, "
+                "such as 'Ovi/clip' (a folder part makes a subfolder)")
+    try:
+        check_name_part(prefix, "filename_prefix", reserve=NAME_RESERVE, allow_folders=True)
+    except OutputPathError as exc:
+        return str(exc)
+    return None
+
+
+def fps_problem(fps) -> str | None:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 1 <= fps <= 120:
+        return f"fps must be a number of frames per second from 1 to 120 (Ovi makes 24), got {fps!r}"
+    return None
+
+
 def aligned_audio(wave: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> dict:
     """The AUDIO exactly as written into the mp4: padded with silence / cut to num_frames / fps (ovi_core.mux rule)."""
     from ovi_core.mux import align_audio_to_video, audio_to_numpy
@@ -73,14 +100,27 @@ class OviMux:
                                   "tooltip": "Frames per second. Ovi makes 24 fps (121 frames = 5.04 s)."}),
                 "filename_prefix": ("STRING", {"default": "Ovi/ovi",
                                                "tooltip": "Output file name prefix; a folder part goes into a "
-                                                          "subfolder of ComfyUI's output folder."}),
+                                                          "subfolder of ComfyUI's output folder. Not empty, no "
+                                                          "leading dot, no '..', at most 200 characters."}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        """The prefix before anything runs (fps is checked by ComfyUI's min/max, and for NaN when the node runs). A
+        missing input is left to ComfyUI; a linked one (None) is checked when the node runs."""
+        if filename_prefix is None:
+            return True
+        return prefix_problem(filename_prefix) or True
+
     def mux(self, images, audio, fps, filename_prefix, prompt=None, extra_pnginfo=None):
+        from ovi_core.errors import OviInputError
         from ovi_core.mux import write_mp4
 
+        for problem in (prefix_problem(filename_prefix), fps_problem(fps)):
+            if problem is not None:
+                raise OviInputError(problem)
         frames = _check_frames(images)
         wave, rate = _check_audio(audio)
         path, file, subfolder = bridge.output_path(filename_prefix, frames.shape[2], frames.shape[1], "mp4")

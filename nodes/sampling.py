@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from . import bridge
-from .convert import audio_latent_to_comfy, check_size, start_image_to_frames, video_latent_to_comfy
+from .convert import audio_latent_to_comfy, check_size, refuse, start_image_to_frames, video_latent_to_comfy
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,10 @@ class OviSampler:
                 "width": ("INT", {"default": 704, "min": 32, "max": 4096, "step": 32,
                                   "tooltip": "Clip width in pixels, a multiple of 32. Keep width x height near the "
                                              "variant's area: 720x720_5s ~704x704, 960 models ~960x960 (e.g. 1280x704, "
-                                             "704x1280)."}),
+                                             "704x1280). At most 2.25x the trained area: 1,166,400 pixels for "
+                                             "720x720_5s, 2,073,600 for the 960 models."}),
                 "height": ("INT", {"default": 704, "min": 32, "max": 4096, "step": 32,
-                                   "tooltip": "Clip height in pixels, a multiple of 32."}),
+                                   "tooltip": "Clip height in pixels, a multiple of 32 (see width for the size limit)."}),
             },
             "optional": {
                 "start_image": ("IMAGE", {"tooltip": "Image-to-video: the first frame (any IMAGE, e.g. LoadImage or "
@@ -96,10 +97,13 @@ class OviSampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width, height):
-        if width is None or height is None:  # linked from another node: checked when the sampler runs
+    def VALIDATE_INPUTS(cls, width=None, height=None):
+        """Before the run: multiples of 32 and at most the largest variant's size bound (the model's own bound is
+        checked when it runs). A missing input is left to ComfyUI ("Required input is missing"); a linked one
+        arrives as None and is checked when the sampler runs."""
+        if width is None or height is None:
             return True
-        return check_size(width, height) or True
+        return refuse(check_size(width, height, what="any Ovi model"))
 
     def sample(self, model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width,
                height, start_image=None, video_vae=None):
@@ -107,7 +111,7 @@ class OviSampler:
         from ovi_core.sampler import PromptEmbeddings, sample_joint
         from ovi_core.sizes import latent_shapes
 
-        if (msg := check_size(width, height)) is not None:
+        if (msg := check_size(width, height, model.variant.target_area, f"the {model.variant.name} model")) is not None:
             raise OviInputError(msg)
         _warn_about_mismatches(model.variant, text, width, height)
         shapes = latent_shapes(model.variant, height, width, snap=False)

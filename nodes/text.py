@@ -62,8 +62,9 @@ class OviTextEncode:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, prompt):
-        if prompt is None:  # linked from another node: its value is known only when it runs (checked in encode)
+    def VALIDATE_INPUTS(cls, prompt=None):
+        # missing: ComfyUI reports it; linked (None): its value is known only when it runs (checked in encode)
+        if prompt is None:
             return True
         return _empty_prompt_message(prompt) or True
 

@@ -276,13 +276,17 @@ def test_start_image_problems_are_clear(demo):
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------------
-def test_sizes_must_be_multiples_of_32():
+def test_sizes_must_be_multiples_of_32_and_bounded():
     cls = M["OviSampler"]
     assert cls.VALIDATE_INPUTS(width=704, height=1280) is True
-    msg = cls.VALIDATE_INPUTS(width=720, height=720)
-    assert "width 720 is not a multiple of 32" in msg and "704 or 736" in msg
-    assert "between 32 and 4096" in cls.VALIDATE_INPUTS(width=0, height=64)
+    with pytest.raises(OviInputError, match="width 720 is not a multiple of 32.*704 or 736"):
+        cls.VALIDATE_INPUTS(width=720, height=720)
+    with pytest.raises(OviInputError, match="at least 32 pixels, got 0"):
+        cls.VALIDATE_INPUTS(width=0, height=64)
+    with pytest.raises(OviInputError, match=r"4096x4096 .* too large.*at most 2,073,600 pixels"):
+        cls.VALIDATE_INPUTS(width=4096, height=4096)
     assert cls.VALIDATE_INPUTS(width=None, height=64) is True  # ComfyUI passes None for a linked input
+    assert cls.VALIDATE_INPUTS(height=64) is True  # missing: ComfyUI itself says "Required input is missing"
 
 
 def test_sampler_refuses_bad_sizes_and_settings_with_a_message(demo):
@@ -350,7 +354,7 @@ def test_mux_refuses_bad_audio_and_leaves_nothing_behind(out_dir):
         run("OviMux", images=torch.rand(32, 32, 3), audio={"waveform": torch.zeros(1, 1, 800), "sample_rate": 16000},
             fps=24.0, filename_prefix="Ovi/x")
     assert [p for p in out_dir.rglob("*") if p.is_file()] == []
-    with pytest.raises(OviInputError, match="outside the output folder"):
+    with pytest.raises(OviInputError, match="inside the output folder"):
         run("OviMux", images=frames, audio={"waveform": torch.zeros(1, 1, 800), "sample_rate": 16000}, fps=24.0,
             filename_prefix="../escape")
 
