@@ -110,11 +110,19 @@ def test_fused_forward_stops_between_blocks_and_the_model_stays_usable(k, swap):
             model.ffn_chunk = 5
         return model
 
-    model = build()
-    last_move = {}
+    def record_moves(block):
+        to = block.to
+
+        def recorded(device):
+            last_move[block] = torch.device(device)
+            return to(device)
+
+        block.to = recorded
+
+    model, last_move = build(), {}
     for tower in (model.video_model, model.audio_model) if swap else ():
         for block in tower.blocks[:2]:
-            block.to = lambda device, block=block, to=block.to: (last_move.__setitem__(block, device), to(device))[1]
+            record_moves(block)
     video, audio, t, ctx = _fusion_inputs(model)
     text = model.prepare_text(*ctx)
     ran = _count_calls([b.self_attn for b in model.video_model.blocks])
