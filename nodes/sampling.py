@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from . import bridge
 from .convert import audio_latent_to_comfy, check_size, refuse, start_image_to_frames, video_latent_to_comfy
@@ -113,6 +114,10 @@ class OviSampler:
 
         if (msg := check_size(width, height, model.variant.target_area, f"the {model.variant.name} model")) is not None:
             raise OviInputError(msg)
+        for name, value in (("shift", shift), ("video_guidance", video_guidance), ("audio_guidance", audio_guidance)):
+            if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
+                raise OviInputError(f"{name} must be a finite number, got {value!r}; Ovi's defaults are shift 5, "
+                                    "video_guidance 4, audio_guidance 3")
         _warn_about_mismatches(model.variant, text, width, height)
         shapes = latent_shapes(model.variant, height, width, snap=False)
         first = encode_start_image(start_image, video_vae, width, height)
