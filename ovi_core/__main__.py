@@ -1,7 +1,5 @@
-"""``python -m ovi_core`` entry point (see ovi_core.cli)."""
+"""``python -m ovi_core`` entry point (see ovi_core.cli); installed as the ``ovi`` console script too."""
 
-import sys
+from ovi_core.cli import console_main
 
-from ovi_core.cli import main
-
-sys.exit(main())
+console_main()

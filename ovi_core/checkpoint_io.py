@@ -67,6 +67,10 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     with open(path, "rb") as f:
         head = f.read(4)
     is_zip = head == b"PK\x03\x04"  # the legacy (non-zip) format cannot be memory-mapped
+    if not is_zip and head[:1] != b"\x80":
+        kind = "empty" if not head else f"its first bytes are {head!r}"
+        raise WrongFileError(f"{path.name} is neither a safetensors file nor a PyTorch checkpoint ({kind}); it is not a "
+                             "weights file, or the download was replaced by an error page — download it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:
@@ -77,7 +81,7 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 ".safetensors copy."
             ) from None
         # anything else means a truncated, corrupt or non-weights file
-        reason = str(exc).partition("\n")[0][:200]
+        reason = str(exc).partition("\n")[0].partition(". ")[0][:200]
         raise WrongFileError(
             f"{path.name} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {reason}). The file is "
             "truncated, corrupt or not a weights file (.safetensors or a torch .pth/.pt state dict); download it again."

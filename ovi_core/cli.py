@@ -5,7 +5,10 @@ the environment) ``generate`` runs the built-in demo model (untrained, tiny, no 
 
 Exit codes: 0 success; 1 generation failed (in a batch: at least one row failed); 2 bad arguments or inputs;
 3 weight files missing or wrong; 130 interrupted (Ctrl-C / SIGINT); 143 terminated (SIGTERM).
-An mp4 appears under its final name only when it is complete.
+
+Every argument, input file and output path is checked before any model is loaded (``check_arguments``,
+``read_entries``, ``prepare_outputs``): a run that would fail on its input fails in a second, not after sampling.
+An mp4 appears under its final name only when it is complete, and never replaces a file without --overwrite.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import os
 import re
 import signal
@@ -22,8 +26,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ovi_core import interrupt
 from ovi_core.config import VARIANTS
 from ovi_core.errors import OviError, OviInputError, OviInterrupted, WrongFileError
+from ovi_core.sizes import MAX_SIDE
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +49,23 @@ weights (pick one; with none of them the built-in demo model runs):
   --comfy-models DIR    ComfyUI's models folder: ovi/ or diffusion_models/, text_encoders/, vae/  (or {ENV_COMFY_MODELS})
   --model/--text-encoder/--video-vae/--audio-vae/--vocoder FILE   single files (override the folders)
 
-exit codes: 0 ok, 1 generation failed, 2 bad arguments, 3 weights missing or wrong, 130 interrupted
+exit codes:
+  0    ok
+  1    generation failed (in a batch: at least one clip failed; the others were written)
+  2    bad arguments or inputs (nothing was loaded or written)
+  3    weight files missing, unreadable or of the wrong kind
+  130  interrupted (Ctrl-C, SIGINT)   143  terminated (SIGTERM); no partial file is left either way
 """
+EXIT_CODES_EPILOG = EPILOG[EPILOG.index("exit codes:"):]
+
+# Bounds of the numeric options (checked when the arguments are parsed).
+MAX_CRF = 51  # x264: 0 lossless .. 51 worst
+MAX_REPEAT = 1000
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+VAE_TILE_RANGE = (24, 1024)  # latent pixels: the decoder's 16-pixel tile overlap + 8, .. 16384 pixels
+MAX_PROMPTS_FILE_BYTES = 50 * 2**20
+RUNTIME_DEFAULTS = {"dtype": "bf16", "weight_dtype": "auto", "vae_dtype": "fp32", "attention": "sdpa"}
+
 
 
 class _Terminated(KeyboardInterrupt):
@@ -109,25 +130,60 @@ def _add_weight_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocoder", type=Path, help="MMAudio's BigVGAN best_netG.pt")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_in(lo: int, hi: int, what: str):
+    """argparse type: a whole number in lo..hi, with a message saying the range and what the number means."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number ({what}), got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi} ({what}), got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _finite_float(what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number ({what}), got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number ({what}), got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def _tile(text: str) -> tuple[int, int]:
+    lo, hi = VAE_TILE_RANGE
     m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", text) or re.fullmatch(r"\s*(\d+)\s*", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"expected HxW in latent pixels (e.g. 32x32), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected HxW in latent pixels (e.g. 32x32; 1 latent pixel = 16 picture "
+                                         f"pixels), got {text!r}")
     h = int(m.group(1))
-    return h, int(m.group(2)) if m.lastindex == 2 else h
+    tile = (h, int(m.group(2)) if m.lastindex == 2 else h)
+    if not all(lo <= t <= hi for t in tile):
+        raise argparse.ArgumentTypeError(f"each side must be between {lo} and {hi} latent pixels (the tiles overlap by "
+                                         f"16 latent pixels; 1 latent pixel = 16 picture pixels), got {text!r}")
+    return tile
+
+
+_tile.__name__ = "tile size"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ovi_core.sampler import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT, SOLVERS
 
-    parser = argparse.ArgumentParser(prog="python -m ovi_core", description="Ovi audio+video generation, headless.")
+    from ovi_core.schedulers import MAX_STEPS
+
+    parser = argparse.ArgumentParser(prog="python -m ovi_core", description="Ovi audio+video generation, headless.",
+                                     epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     g = sub.add_parser("generate", help="prompt (and optional first frame) -> mp4 with sound",
@@ -140,46 +196,61 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompts", type=Path, help="batch: a .txt file (one prompt per line) or a .csv/.tsv with a "
                      "text_prompt column and an optional image_path column (as the reference's example_prompts/)")
     what.add_argument("--image", type=Path, help="first frame (image-to-video); the size then comes from the image")
-    what.add_argument("--width", type=int, help="width in pixels (the model keeps its trained area; default square)")
-    what.add_argument("--height", type=int, help="height in pixels")
+    what.add_argument("--width", type=_int_in(1, MAX_SIDE, "pixels"), help="width in pixels, 1.."
+                      f"{MAX_SIDE}: with --height it sets the aspect ratio; the model keeps its trained area "
+                      "(default square)")
+    what.add_argument("--height", type=_int_in(1, MAX_SIDE, "pixels"), help=f"height in pixels, 1..{MAX_SIDE}")
     what.add_argument("--video-negative", default=DEFAULT_VIDEO_NEGATIVE_PROMPT,
                       help=f"video negative prompt (default: {DEFAULT_VIDEO_NEGATIVE_PROMPT!r})")
     what.add_argument("--audio-negative", default=DEFAULT_AUDIO_NEGATIVE_PROMPT,
                       help=f"audio negative prompt (default: {DEFAULT_AUDIO_NEGATIVE_PROMPT!r})")
 
     s = g.add_argument_group("sampling (defaults: Ovi's; the demo model uses 8 steps and SLG layer 1)")
-    s.add_argument("--seed", type=int, help="random seed (default 103)")
-    s.add_argument("--steps", type=int, help="sampling steps (default 50)")
+    s.add_argument("--seed", type=_int_in(0, 2**64 - 1, "0 .. 2**64-1"), help="random seed (default 103)")
+    s.add_argument("--steps", type=_int_in(1, MAX_STEPS, "sampling steps"), help=f"sampling steps, 1..{MAX_STEPS} "
+                   "(default 50)")
     s.add_argument("--solver", choices=SOLVERS, help="default unipc")
-    s.add_argument("--shift", type=float, help="flow time shift (default 5.0)")
-    s.add_argument("--video-guidance", type=float, help="video guidance scale (default 4.0)")
-    s.add_argument("--audio-guidance", type=float, help="audio guidance scale (default 3.0)")
-    s.add_argument("--slg-layer", type=int, help="fused block skipped in the negative pass, 0 = off (default 11)")
-    s.add_argument("--repeat", type=_positive_int, default=1, help="clips per prompt, with seeds seed, seed+1, ...")
+    s.add_argument("--shift", type=_finite_float("flow time shift, > 0"), help="flow time shift (default 5.0)")
+    s.add_argument("--video-guidance", type=_finite_float("guidance scale, >= 0"),
+                   help="video guidance scale (default 4.0)")
+    s.add_argument("--audio-guidance", type=_finite_float("guidance scale, >= 0"),
+                   help="audio guidance scale (default 3.0)")
+    s.add_argument("--slg-layer", type=_int_in(-1, 2**31 - 1, "a fused block number, 0 or -1 = off"),
+                   help="fused block skipped in the negative pass, 0 = off (default 11)")
+    s.add_argument("--repeat", type=_int_in(1, MAX_REPEAT, "clips per prompt"), default=1,
+                   help=f"clips per prompt (1..{MAX_REPEAT}), with seeds seed, seed+1, ...")
 
     _add_weight_args(g)
 
     r = g.add_argument_group("runtime")
-    r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    r.add_argument("--dtype", choices=DTYPES, default="bf16", help="compute dtype of the fusion model and text "
-                   "encoder (default bf16)")
-    r.add_argument("--weight-dtype", choices=("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"), default="auto",
+    r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
+    r.add_argument("--dtype", choices=DTYPES, help="compute dtype of the fusion model and text encoder (default "
+                   "bf16; fp16 is refused on the CPU, where PyTorch's float16 kernels are slow or missing)")
+    r.add_argument("--weight-dtype", choices=("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"),
                    help="how the fusion weights are kept in memory (fp8_e4m3fn halves it; default auto)")
-    r.add_argument("--vae-dtype", choices=DTYPES, default="fp32", help="decoders' dtype (default fp32)")
-    r.add_argument("--vae-tile", type=_tile, help="decode the video in tiles of HxW latent pixels (less memory)")
-    r.add_argument("--attention", choices=("sdpa", "flash_attn", "sage"), default="sdpa")
-    r.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice; the demo uses 1)")
+    r.add_argument("--vae-dtype", choices=DTYPES, help="decoders' dtype (default fp32; fp16 refused on the CPU)")
+    r.add_argument("--vae-tile", type=_tile, help="decode the video in tiles of HxW latent pixels, each "
+                   f"{VAE_TILE_RANGE[0]}..{VAE_TILE_RANGE[1]} (less memory)")
+    r.add_argument("--attention", choices=("sdpa", "flash_attn", "sage"), help="attention kernel (default sdpa; a "
+                   "missing flash_attn / sageattention falls back to sdpa with a warning)")
+    r.add_argument("--threads", type=_int_in(1, MAX_THREADS, f"CPU threads, at most 4x the {os.cpu_count()} cores"),
+                   help="CPU threads for torch (default: torch's choice; the demo uses 1)")
     r.add_argument("--keep-loaded", action="store_true", help="keep every model in memory (more memory, faster batches)")
 
     o = g.add_argument_group("output")
     o.add_argument("-o", "--out", type=Path, help="the mp4 to write (one prompt); default: a name in --out-dir")
     o.add_argument("--out-dir", type=Path, default=Path("outputs"), help="folder for generated files (default outputs/)")
-    o.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse, before "
+                   "anything is loaded)")
+    o.add_argument("--crf", type=_int_in(0, MAX_CRF, "H.264 quality: 0 lossless .. 51 worst"), default=18,
+                   help=f"H.264 quality, 0..{MAX_CRF}, lower is better (default 18)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     o.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
-    c = sub.add_parser("check-weights", help="show which weight files would be used (or what is missing)",
+    c = sub.add_parser("check-weights", help="show which weight files would be used and whether each is usable",
+                       description="Find the weight files and check their contents (headers, keys, shapes, dtypes; "
+                       "pickles are never executed). Exit 3 when a needed file is missing or unusable.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_weight_args(c)
     c.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
@@ -267,24 +338,90 @@ class Job:
     out: Path
 
 
+def check_text(text: str, what: str) -> str:
+    """``text`` if it is valid UTF-8 text without NUL; else OviInputError naming the byte and its offset.
+
+    Command-line arguments that are not valid UTF-8 reach Python as lone surrogates (PEP 383); their bytes are
+    recovered to say where the bad one is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(text)
+        try:
+            raw.decode("utf-8")
+            offset = 0
+        except UnicodeDecodeError as exc:
+            offset = exc.start
+        raise OviInputError(f"{what} is not valid UTF-8 text: byte 0x{raw[offset]:02x} at byte offset {offset} cannot "
+                            "be decoded; write the text in UTF-8 (set your terminal or editor to UTF-8)") from None
+    if "\x00" in text:
+        raise OviInputError(f"{what} contains a NUL character (offset {text.index(chr(0))}); remove it")
+    return text
+
+
+def _decode_file(path: Path, what: str) -> str:
+    """The text of a UTF-8 file (BOM allowed); OviInputError naming the file, line and byte offset otherwise."""
+    if path.is_dir():
+        raise OviInputError(f"{what} {path} is a folder; give a .txt, .csv or .tsv file")
+    if not path.is_file():
+        raise OviInputError(f"{what} {path} does not exist")
+    try:
+        size = path.stat().st_size
+        if size > MAX_PROMPTS_FILE_BYTES:
+            raise OviInputError(f"{what} {path} is {size:,} bytes; a prompts file holds text, at most "
+                                f"{MAX_PROMPTS_FILE_BYTES:,} bytes — is it the right file?")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise OviInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise OviInputError(f"{what} {path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+                            f"(line {line}) cannot be decoded; save the file as UTF-8") from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise OviInputError(f"{what} {path} contains a NUL byte on line {line}; it is not a text file")
+    return text
+
+
 def read_prompts_file(path: Path) -> list[tuple[str, str, Path | None]]:
     """(label, prompt, image) per row of a .txt (one prompt per line; blank and # lines skipped) or a .csv/.tsv
     with a text_prompt column and an optional image_path column (relative paths: from the current folder, the
-    file's folder or its parent, as the reference's example_prompts/ use them)."""
-    if not path.is_file():
-        raise OviInputError(f"prompts file {path} does not exist")
-    text = path.read_text(encoding="utf-8-sig")
+    file's folder or its parent, as the reference's example_prompts/ use them).
+
+    CSV/TSV syntax is read strictly (an unterminated or stray quote, a row with more fields than the header are
+    errors with their line number); rows whose fields are all empty are skipped, as blank lines."""
+    text = _decode_file(path, "prompts file")
     rows: list[tuple[str, str, Path | None]] = []
     if path.suffix.lower() in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "text_prompt" not in columns:
-            raise OviInputError(f"{path.name} has no text_prompt column (columns: {', '.join(columns) or 'none'}); "
-                                "the first line must name the columns, e.g. text_prompt,image_path")
-        for n, raw in enumerate(reader, start=1):
-            record = {(k or "").strip(): (v or "") for k, v in raw.items()}
-            image = record.get("image_path", "").strip()
-            rows.append((f"row {n}", record["text_prompt"].strip(), _resolve_image(image, path) if image else None))
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
+                            strict=True)
+        try:
+            header = next(reader, None)
+            columns = [c.strip() for c in (header or [])]
+            if "text_prompt" not in columns:
+                raise OviInputError(f"{path.name} has no text_prompt column (columns: {', '.join(columns) or 'none'}); "
+                                    "the first line must name the columns, e.g. text_prompt,image_path")
+            n = 0
+            start = reader.line_num + 1
+            for record in reader:
+                where = f"line {start}" if reader.line_num == start else f"lines {start}-{reader.line_num}"
+                start = reader.line_num + 1
+                if not any(v.strip() for v in record):
+                    continue  # a blank row
+                n += 1
+                if len(record) > len(columns):
+                    raise OviInputError(f"{path.name} {where}: {len(record)} fields, but the header names "
+                                        f"{len(columns)} ({', '.join(columns)}); put a prompt that contains "
+                                        "commas in double quotes")
+                fields = dict(zip(columns, [v.strip() for v in record] + [""] * (len(columns) - len(record))))
+                image = fields.get("image_path", "")
+                rows.append((f"row {n} ({where})", fields["text_prompt"], _resolve_image(image, path) if image else None))
+        except csv.Error as exc:
+            raise OviInputError(f"{path.name} line {reader.line_num}: {exc} — check the quotes on that line (a field "
+                                "that holds quotes or the separator must be quoted, with inner quotes doubled)") \
+                from None
     else:
         for n, line in enumerate(text.splitlines(), start=1):
             if line.strip() and not line.lstrip().startswith("#"):
@@ -311,7 +448,8 @@ def _slug(prompt: str, n: int = 40) -> str:
 
 
 def read_entries(args) -> list[tuple[str, str, Path | None]]:
-    """(label, prompt, image) for every clip asked for; bad inputs raise OviInputError before any loading."""
+    """(label, prompt, image) for every clip asked for. Every prompt is checked (UTF-8, not empty) and every image
+    read in full now; all problems are reported together (OviInputError), before any loading."""
     if args.prompts is not None:
         if args.image is not None:
             raise OviInputError("--image goes with --prompt; in a prompts file put the images in an image_path column")
@@ -319,16 +457,35 @@ def read_entries(args) -> list[tuple[str, str, Path | None]]:
             raise OviInputError("--out names one file; with --prompts use --out-dir")
         entries = read_prompts_file(args.prompts)
     else:
-        if not args.prompt.strip():
-            raise OviInputError("the prompt is empty")
-        if args.image is not None and not args.image.is_file():
-            raise OviInputError(f"image file {args.image} does not exist")
-        entries = [("prompt", args.prompt, args.image)]
+        entries = [("prompt", check_text(args.prompt, "the --prompt text"), args.image)]
+    check_text(args.video_negative, "the --video-negative text")
+    check_text(args.audio_negative, "the --audio-negative text")
     if args.out is not None:
+        check_text(str(args.out), "the --out path")
         if args.out.suffix.lower() != ".mp4":
             raise OviInputError(f"--out must name an .mp4 file, got {args.out}")
         if args.out.is_dir():
             raise OviInputError(f"--out {args.out} is a folder; give a file name ending in .mp4")
+    check_text(str(args.out_dir), "the --out-dir path")
+
+    from ovi_core.images import read_image
+
+    problems = []
+    for label, prompt, image in entries:
+        what = "the prompt" if label == "prompt" else f"{label}: the prompt"
+        try:
+            if not prompt.strip():
+                raise OviInputError(f"{what} is empty")
+            check_text(prompt, what)
+            if image is not None:
+                read_image(image)
+        except OviInputError as exc:
+            problems.append(str(exc) if label == "prompt" or str(exc).startswith(label) else f"{label}: {exc}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        where = f" in {args.prompts}" if args.prompts is not None else ""
+        raise OviInputError(("; ".join(problems[:5]) + more) + (f" — fix{where} and run again; nothing was generated"
+                                                              if len(entries) > 1 else ""))
     return entries
 
 
@@ -348,6 +505,64 @@ def make_jobs(entries, args, seed: int) -> list[Job]:
 
 
 # ---- weights ---------------------------------------------------------------------------------------------------------
+def available_devices() -> list[str]:
+    import torch
+
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(text: str | None):
+    """The torch.device --device names, if it exists and is usable here; OviInputError naming what is available."""
+    import torch
+
+    if text is None:
+        return None
+    avail = ", ".join(available_devices())
+    try:
+        device = torch.device(text.strip())
+    except (RuntimeError, ValueError, TypeError):
+        raise OviInputError(f"--device {text!r} is not a device name; use one of: {avail}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OviInputError(f"--device {text}: CUDA is not available here (no NVIDIA GPU, driver or CUDA build of "
+                                f"PyTorch); available: {avail}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise OviInputError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                                f"available: {avail}")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise OviInputError(f"--device {text}: Apple's MPS is not available here; available: {avail}")
+    elif device.type != "cpu":
+        raise OviInputError(f"--device {text}: Ovi runs on cpu, cuda or mps, not {device.type}; available: {avail}")
+    return device
+
+
+def check_dtypes(args, device) -> None:
+    """Dtypes that the device cannot run well are refused (OviInputError) before anything is loaded.
+
+    fp16 compute on the CPU: PyTorch's CPU float16 kernels are slow or missing for some operations, so a run would
+    crawl or fail halfway; bf16 (default) and fp32 work. bf16 on a CUDA GPU without bf16 support: fp16 works there.
+    fp8 weights on MPS: Apple's backend has no float8."""
+    import torch
+
+    kind = device.type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    for option, value in (("--dtype", args.dtype), ("--vae-dtype", args.vae_dtype)):
+        if kind == "cpu" and value == "fp16":
+            raise OviInputError(f"{option} fp16 on the CPU: PyTorch's CPU float16 kernels are slow or missing for some "
+                                "operations; use bf16 or fp32 on the CPU (fp16 is for GPUs)")
+        if kind == "cuda" and value == "bf16" and not torch.cuda.is_bf16_supported():
+            raise OviInputError(f"{option} bf16: this GPU has no bfloat16 support; use fp16 (or fp32)")
+    if kind == "mps" and args.weight_dtype == "fp8_e4m3fn":
+        raise OviInputError("--weight-dtype fp8_e4m3fn: Apple's MPS backend has no float8; use bf16 or fp16")
+
+
 def _pipeline_kwargs(args) -> dict:
     import torch
 
@@ -406,51 +621,117 @@ def weight_paths_from_args(args):
     return paths
 
 
-def make_pipeline(args):
-    """The pipeline the options select (the demo model when no weights are configured)."""
+def demo_ignored_options(args) -> list[str]:
+    """The given options the demo model cannot honour, each with why (see ovi_core.demo.DEMO_IGNORES)."""
+    from ovi_core.demo import DEMO_IGNORES
+
+    given = []
+    for dest, why in DEMO_IGNORES.items():
+        value = getattr(args, dest, None)
+        if value is None or value is False:
+            continue
+        shown = "" if value is True else f" {value}"
+        given.append(f"--{dest.replace('_', '-')}{shown} ({why})")
+    return given
+
+
+def make_pipeline(args, paths):
+    """The pipeline the options select (the demo model when ``paths`` is None). Nothing is loaded here."""
     from ovi_core.pipeline import OviPipeline
 
-    paths = weight_paths_from_args(args)
     if paths is None:
-        return OviPipeline.demo(device=args.device or "cpu", keep_loaded=args.keep_loaded, num_threads=args.threads)
+        return OviPipeline.demo(device=args.device or "cpu", keep_loaded=args.keep_loaded, num_threads=args.threads,
+                                vae_tile=args.vae_tile)
     # the variant: as asked; else told by the fused file when it was named explicitly; else the one found
     variant = args.variant or (None if args.model is not None else paths.variant)
     return OviPipeline.from_paths(paths.fusion, paths.text_encoder, paths.video_vae, paths.audio_vae, paths.vocoder,
                                   paths.tokenizer, variant=variant, **_pipeline_kwargs(args))
 
 
+def check_size(args, pipe) -> None:
+    """--width/--height against the model: the clip the request turns into must stay within the area cap."""
+    from ovi_core.sizes import check_clip_size, snap_to_area
+
+    if args.width is None and args.height is None:
+        return
+    if args.prompts is None and args.image is not None:
+        logger.info("--image given: the clip's size comes from the image; --width/--height are ignored")
+        return
+    side = math.isqrt(pipe.variant.target_area)
+    width, height = args.width or side, args.height or side
+    h, w = snap_to_area(height, width, pipe.variant.target_area)
+    try:
+        check_clip_size(w, h, pipe.variant.target_area, f"the {pipe.variant.name} model")
+    except OviInputError as exc:
+        raise OviInputError(f"--width {width} --height {height} (aspect ratio {width / height:.3g}) becomes a "
+                            f"{w}x{h} clip at the model's area: {exc}; use a less extreme aspect ratio") from None
+
+
+def prepare_outputs(jobs, overwrite: bool) -> None:
+    """Every output path checked (name, folder writable, no existing file unless overwrite) before any loading."""
+    from ovi_core.outpaths import prepare_output
+
+    seen: dict[Path, str] = {}
+    for job in jobs:
+        key = Path(os.path.abspath(job.out))
+        if key in seen:
+            raise OviInputError(f"{job.label} and {seen[key]} would both write {job.out}; give them different names")
+        seen[key] = job.label
+        prepare_output(job.out, overwrite=overwrite)
+
+
 # ---- commands --------------------------------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    from ovi_core.demo import DEMO_NOTICE
+    from ovi_core.demo import demo_notice
     from ovi_core.pipeline import GenerationRequest
     from ovi_core.sampler import check_settings
 
+    # 1. everything the user gave, before anything is loaded: arguments, device, prompts, images, weights' presence
+    args.device = check_device(args.device)
     entries = read_entries(args)
-    pipe = make_pipeline(args)
-    if pipe.is_demo:
-        _eprint(DEMO_NOTICE)
-    else:
-        logger.info("%s", pipe.description)
+    paths = weight_paths_from_args(args)
+    ignored = demo_ignored_options(args) if paths is None else []
+    for dest, default in RUNTIME_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+    if paths is not None:
+        check_dtypes(args, args.device)
+    pipe = make_pipeline(args, paths)
     base = pipe.settings(steps=args.steps, solver=args.solver, shift=args.shift, video_guidance=args.video_guidance,
                          audio_guidance=args.audio_guidance, slg_layer=args.slg_layer, seed=args.seed)
     check_settings(base.solver, base.steps, base.shift, base.video_guidance, base.audio_guidance, base.slg_layer,
                    base.seed + args.repeat - 1, num_layers=pipe.num_layers)
+    check_size(args, pipe)
     jobs = make_jobs(entries, args, base.seed)
+    prepare_outputs(jobs, args.overwrite)
     requests = [GenerationRequest(job.prompt, job.image, args.height, args.width, replace(base, seed=job.seed),
                                   args.video_negative, args.audio_negative) for job in jobs]
-    for job in jobs:
-        job.out.parent.mkdir(parents=True, exist_ok=True)
+
+    # 2. what will run
+    if pipe.is_demo:
+        _eprint(demo_notice(base.steps))
+        if ignored:
+            _eprint(f"note: the demo model ignores {'; '.join(ignored)}")
+    else:
+        from ovi_core.attention import resolve_backend
+
+        logger.info("%s", pipe.description)
+        resolve_backend(args.attention, pipe.device)  # a missing flash-attn / sage is named once, with the fallback
 
     bars = ProgressBars(enabled=not args.no_progress)
     written: list[Path] = []
     start = time.perf_counter()
 
     def save(index: int, result) -> None:
+        from ovi_core.outpaths import OutputPathError
         from ovi_core.pipeline import Progress
 
         job = jobs[index]
-        info = result.save(job.out, crf=args.crf,
-                           progress=lambda d, t: bars(Progress("write", d, t, index, len(jobs))))
+        try:
+            info = result.save(job.out, crf=args.crf, overwrite=args.overwrite,
+                               progress=lambda d, t: bars(Progress("write", d, t, index, len(jobs))))
+        except OutputPathError as exc:  # the file appeared meanwhile (another run): not a usage error
+            raise OviError(str(exc)) from None
         bars.close()
         written.append(job.out)
         demo = "  [DEMO MODEL: untrained, the content is noise]" if result.is_demo else ""
@@ -460,7 +741,7 @@ def cmd_generate(args) -> int:
 
     try:
         report = pipe.generate_batch(requests, on_result=save, progress=bars, should_interrupt=SIGNALS.stop_requested)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, OviInterrupted):
         bars.close()
         if written:
             _eprint(f"finished clips kept: {', '.join(str(p) for p in written)}")
@@ -486,12 +767,25 @@ def cmd_generate(args) -> int:
 
 
 def cmd_check_weights(args) -> int:
+    from ovi_core.model_paths import LABELS, check_weight_files
+
     paths = weight_paths_from_args(args)
     if paths is None:
         print("no weights configured: `generate` would run the built-in demo model (untrained). Use --ckpt-dir, "
               f"--comfy-models or the file options (or {ENV_CKPT_DIR} / {ENV_COMFY_MODELS}).")
         return EXIT_OK
-    print(f"Ovi {paths.variant}:\n{paths.describe()}")
+    print(f"Ovi {paths.variant}:")
+    bad = 0
+    for part, path, problem, about in check_weight_files(paths):
+        status = "ok  " if problem is None else "BAD "
+        print(f"  {status}{LABELS[part]:<26} {path}")
+        print(f"        {about if problem is None else problem}")
+        bad += problem is not None
+    if bad:
+        _eprint(f"error: {bad} of the weight files above cannot be used; replace them (see each line) and run "
+                "check-weights again")
+        return EXIT_WEIGHTS
+    print("all weight files are usable")
     return EXIT_OK
 
 
@@ -509,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     SIGNALS.received = None
     SIGNALS.install()
     try:
-        return COMMANDS[args.command](args)
+        with interrupt.checking(SIGNALS.stop_requested):  # every core loop's interrupt.check() sees the signal
+            return COMMANDS[args.command](args)
     except (KeyboardInterrupt, OviInterrupted) as exc:
         if isinstance(exc, _Terminated) or SIGNALS.received == signal.SIGTERM:
             _eprint("terminated: no partial file was left behind")
@@ -539,3 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         SIGNALS.restore()
         restore_logging()
+
+
+def console_main() -> None:
+    """The ``ovi`` console script and ``python -m ovi_core``."""
+    sys.exit(main())

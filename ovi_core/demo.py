@@ -40,12 +40,29 @@ DEMO_WEIGHTS_SEED = 0
 # (several threads on small ops under oversubscription made a 5 s run take 90 s in our tests).
 DEMO_THREADS = 1
 
-DEMO_NOTICE = (
-    "DEMO MODEL: no Ovi weights were configured, so this runs the built-in tiny model with random, untrained "
-    f"weights ({DEMO_SIDE}x{DEMO_SIDE}, {DEMO_SETTINGS.steps} steps). The clip has Ovi's real structure "
-    "(121 frames at 24 fps with a 16 kHz soundtrack) but its pictures and sound are noise, not a generation. "
-    "Point the command at real weights (--ckpt-dir, --comfy-models or the per-file options) for real output."
-)
+# What the demo model cannot honour, and why (the command line names every one that was given).
+DEMO_IGNORES = {
+    "variant": "the demo is one tiny model",
+    "fp8": "the demo has no fp8 file",
+    "attention": "the demo always uses PyTorch SDPA",
+    "dtype": "the demo computes in float32",
+    "weight_dtype": "the demo keeps float32 weights",
+    "vae_dtype": "the demo decodes in float32",
+}
+
+
+def demo_notice(steps: int = DEMO_SETTINGS.steps) -> str:
+    """The banner printed before a demo run; ``steps``: the step count the run really uses."""
+    return (
+        "DEMO MODEL: no Ovi weights were configured, so this runs the built-in tiny model with random, untrained "
+        f"weights ({DEMO_SIDE}x{DEMO_SIDE}, {steps} step{'s' if steps != 1 else ''}). The clip has Ovi's real "
+        "structure (121 frames at 24 fps with a 16 kHz soundtrack) but its pictures and sound are noise, not a "
+        "generation. Point the command at real weights (--ckpt-dir, --comfy-models or the per-file options) for "
+        "real output."
+    )
+
+
+DEMO_NOTICE = demo_notice()
 
 
 def build_demo_fusion(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device = "cpu") -> OviFusion:

@@ -275,3 +275,153 @@ def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | None = No
         found[part] = hit
     raise_if_missing(problems)
     return OviWeightPaths(variant=chosen_variant.name, **found)
+
+
+# ---- checking the contents -------------------------------------------------------------------------------------
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "torch.float64", "torch.float32", "torch.float16",
+                 "torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"}
+_NON_WEIGHT_KEYS = ("spiece_model", "scaled_fp8", ".comfy_quant", "num_batches_tracked")
+_ST_TO_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+                "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                "BOOL": "bool"}
+
+
+def _meta_state_dict(path: Path) -> dict:
+    """Every tensor of a file as an empty meta tensor of the right shape and dtype: a safetensors file is read from
+    its header only; a torch file with torch.load(weights_only=True, mmap=True) (never a plain unpickle)."""
+    import torch
+
+    from ovi_core.checkpoint_io import CheckpointFile
+
+    with CheckpointFile(path) as f:
+        out = {}
+        for k in f.keys:
+            name = f.dtype(k)
+            dtype = getattr(torch, _ST_TO_TORCH.get(name, name.removeprefix("torch.")), None)
+            if not isinstance(dtype, torch.dtype):
+                raise WrongFileError(f"{path.name}: tensor {k} has the unknown dtype {name}")
+            out[k] = torch.empty(f.shape(k), dtype=dtype, device="meta")
+        return out
+
+
+def _check_dtypes(path: Path, sd: dict) -> str:
+    """'' or a WrongFileError for weight tensors that are not floating point; returns a summary of the dtypes."""
+    counts: dict[str, int] = {}
+    bad = []
+    for k, t in sd.items():
+        name = str(t.dtype).removeprefix("torch.")
+        counts[name] = counts.get(name, 0) + 1
+        if not t.dtype.is_floating_point and not k.endswith(_NON_WEIGHT_KEYS):
+            bad.append(f"{k} ({name})")
+    if bad:
+        raise WrongFileError(f"{path.name} has {len(bad)} weight tensors that are not floating point (e.g. "
+                             f"{', '.join(bad[:2])}): wrong dtype — Ovi reads float32/bfloat16/float16/float8 weights "
+                             "(a GGUF or int8-quantised conversion cannot be used); use the original file")
+    return ", ".join(f"{n} {d}" for d, n in sorted(counts.items(), key=lambda dn: -dn[1]))
+
+
+def _check_fusion(path: Path) -> str:
+    import torch
+
+    from ovi_core.fusion import OviFusion
+    from ovi_core.weights import _check_keys, check_is_fusion_checkpoint, config_from_checkpoint, detect_variant
+    from ovi_core.weights import inspect_checkpoint
+
+    info = inspect_checkpoint(path)
+    check_is_fusion_checkpoint(info)
+    cfg = config_from_checkpoint(info)
+    with torch.device("meta"):
+        model = OviFusion(cfg)
+    _check_keys(model, info)  # missing / unexpected keys and shape mismatches
+    dtypes = _check_dtypes(path, _meta_state_dict(path))
+    variant, source = detect_variant(info)
+    return (f"Ovi fused model, {variant} (from the {source}), {cfg.num_layers} blocks of width {cfg.video.dim}; "
+            f"tensors: {dtypes}")
+
+
+def _check_text_encoder(path: Path, tokenizer: Path | None) -> str:
+    import torch
+
+    from ovi_core.text_encoder import (
+        _config_from_shapes,
+        _empty_umt5,
+        _encoder_names,
+        _open_weights,
+        _resolve_tokenizer,
+        umt5_config,
+    )
+
+    with _open_weights(path) as f:
+        layout, names = _encoder_names(f)
+        hp = _config_from_shapes(f, names, layout)
+        sd = {k: torch.empty(0, device="meta") for k in f.keys}
+    model = _empty_umt5(umt5_config(**{("vocab_size" if k == "vocab" else k): v for k, v in hp.items()}))
+    wanted = {n for n, _ in model.named_parameters() if n != "encoder.embed_tokens.weight"}
+    missing = sorted(wanted - set(names.values()))
+    if missing:
+        raise WrongFileError(f"{path.name} lacks {len(missing)} umT5 encoder tensors (e.g. {missing[0]}): missing "
+                             f"keys — the file is incomplete or of another model. Get it from {WHERE_TO_GET['text_encoder']}")
+    dtypes = _check_dtypes(path, _meta_state_dict(path))
+    del sd
+    tok = _resolve_tokenizer(path, tokenizer)
+    return (f"umT5 text encoder ({layout} layout), {hp['num_layers']} layers of width {hp['d_model']}, vocabulary "
+            f"{hp['vocab']:,}; tokenizer: {getattr(tok, 'description', type(tok).__name__)}; tensors: {dtypes}")
+
+
+def _check_video_vae(path: Path) -> str:
+    from ovi_core.wan_vae import describe_checkpoint, video_vae_from_state_dict
+
+    sd = _meta_state_dict(path)
+    video_vae_from_state_dict(sd, device="meta", source=path.name)  # kind, latent channels, keys and shapes
+    dtypes = _check_dtypes(path, sd)
+    return f"{describe_checkpoint(sd)}, {'encoder + decoder' if 'encoder.conv1.weight' in sd else 'decoder only'}; " \
+           f"tensors: {dtypes}"
+
+
+def _check_audio_vae(path: Path) -> str:
+    from ovi_core.checkpoint_io import read_checkpoint
+    from ovi_core.mmaudio_vae import _is_comfy_layout, load_audio_decoder, mel_vae_from_state_dict
+
+    sd = read_checkpoint(path, "MMAudio audio VAE")  # small: read in full, every key and shape checked
+    dtypes = _check_dtypes(path, sd)
+    if _is_comfy_layout(sd):
+        load_audio_decoder(path, None, device="cpu")
+        return f"MMAudio 16 kHz VAE + BigVGAN vocoder in one file (ComfyUI layout); tensors: {dtypes}"
+    mel_vae_from_state_dict(sd, source=path.name)
+    return f"MMAudio 16 kHz audio VAE; tensors: {dtypes}"
+
+
+def _check_vocoder(path: Path) -> str:
+    from ovi_core.bigvgan import vocoder_from_state_dict
+    from ovi_core.checkpoint_io import read_checkpoint
+
+    sd = read_checkpoint(path, "BigVGAN vocoder")
+    dtypes = _check_dtypes(path, sd)
+    vocoder_from_state_dict(sd, source=path.name)
+    return f"BigVGAN vocoder (16 kHz, MMAudio); tensors: {dtypes}"
+
+
+def check_weight_files(paths: OviWeightPaths) -> list[tuple[str, Path, str | None, str]]:
+    """Read every file of ``paths`` and say what it is: (part, path, problem or None, description).
+
+    Headers and keys only where that suffices (the fused model, the text encoder, the video VAE: missing keys,
+    shapes, dtypes, truncation); the small audio decoder is loaded in full. Torch files are opened with
+    weights_only=True, so no pickled code ever runs. Problems are WrongFileError/OviInputError messages."""
+    from ovi_core.errors import OviError
+
+    checks = [("fusion", paths.fusion, lambda: _check_fusion(paths.fusion)),
+              ("text_encoder", paths.text_encoder, lambda: _check_text_encoder(paths.text_encoder, paths.tokenizer)),
+              ("video_vae", paths.video_vae, lambda: _check_video_vae(paths.video_vae)),
+              ("audio_vae", paths.audio_vae, lambda: _check_audio_vae(paths.audio_vae))]
+    if paths.vocoder is not None:
+        checks.append(("vocoder", paths.vocoder, lambda: _check_vocoder(paths.vocoder)))
+    results = []
+    for part, path, check in checks:
+        try:
+            about, problem = check(), None
+        except OviError as exc:
+            about, problem = "", " ".join(str(exc).split())
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # unexpected content: name it, no traceback
+            about, problem = "", f"{path.name} could not be checked ({type(exc).__name__}: {str(exc)[:200]})"
+        results.append((part, path, problem, about))
+    return results

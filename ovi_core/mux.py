@@ -9,16 +9,18 @@ video frame. Ovi's audio is a little shorter than its video (157 latents decode 
 121 frames at 24 fps last 5.042 s): the missing tail is filled with silence. Audio is never dropped silently:
 if it is longer than the video, only the excess beyond the last frame is cut, and that is logged as a warning.
 
-The file is first written to a hidden temporary name in the destination folder and renamed over the
-destination only when it is complete, so a crash, an error or Ctrl-C never leaves a partial mp4 behind (the
-temporary file is removed on any exception, KeyboardInterrupt included).
+The file is first written to a hidden temporary name in the destination folder (``outpaths.partial_path``) and
+published under its final name only when it is complete (``outpaths.publish``), so a crash, an error or Ctrl-C never
+leaves a partial mp4 behind (the temporary file is removed on any exception, KeyboardInterrupt included; a run
+killed with SIGKILL leaves one that the next ``outpaths.prepare_output`` in that folder removes). An existing file
+is replaced only with ``overwrite=True``, also when it appeared while the clip was being written. The interrupt
+checkers of ``ovi_core.interrupt`` are consulted once per encoded frame.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ovi_core import interrupt
 from ovi_core.errors import OviInputError, WrongFileError
+from ovi_core.outpaths import OutputPathError, partial_path, publish
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +148,6 @@ def _resample(audio: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
-def temporary_path(path: Path) -> Path:
-    """A hidden name next to ``path`` (same folder, so the final rename is atomic)."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix or '.mp4'}")
-
-
 def write_mp4(
     path: str | os.PathLike,
     frames,
@@ -160,21 +159,30 @@ def write_mp4(
     preset: str = "medium",
     metadata: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Mp4Info:
     """Write frames [T, H, W, 3] (uint8, or float 0..1) and optional audio [C, N] (float -1..1) as an mp4.
 
     Video: H.264 (libx264, yuv420p, constant quality ``crf``), ``fps`` frames per second; odd sizes get one edge
     row/column more. Audio: AAC at ``sample_rate`` if AAC supports it (16 kHz does), else resampled to 48 kHz;
     padded with silence / cut to the video duration (see the module docstring). ``progress(frames_done, total)``
-    is called while encoding (an exception raised from it aborts cleanly). Returns what was written.
+    is called while encoding (an exception raised from it aborts cleanly). An existing ``path`` is replaced only
+    with ``overwrite``; otherwise outpaths.OutputPathError (an OviInputError) and nothing is written. Returns what
+    was written.
     """
     import av
 
     path = Path(path)
     if not (isinstance(fps, (int, float, Fraction)) and not isinstance(fps, bool) and 0 < fps <= 1000):
         raise OviInputError(f"fps must be a number between 0 and 1000, got {fps!r}")
+    if not (isinstance(crf, int) and not isinstance(crf, bool) and 0 <= crf <= 51):
+        raise OviInputError(f"crf must be a whole number from 0 (lossless) to 51 (worst), got {crf!r}; 18 looks "
+                            "visually lossless, 23 is x264's default")
     if not path.parent.is_dir():
         raise OviInputError(f"cannot write {path}: the folder {path.parent} does not exist")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise OutputPathError(f"{path} exists already; pass overwrite=True (--overwrite) to replace it, or choose "
+                            "another name")
     video = even_size(frames_to_uint8(frames))
     num_frames, height, width, _ = video.shape
     rate = Fraction(fps).limit_denominator(1001)
@@ -189,7 +197,7 @@ def write_mp4(
             wave, sample_rate = _resample(wave, sample_rate, FALLBACK_SAMPLE_RATE), FALLBACK_SAMPLE_RATE
         wave, note = align_audio_to_video(wave, sample_rate, num_frames, float(rate))
 
-    tmp = temporary_path(path)
+    tmp = partial_path(path)
     try:
         with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
             for key, value in (metadata or {}).items():
@@ -202,6 +210,7 @@ def write_mp4(
                 layout = "mono" if wave.shape[0] == 1 else "stereo"
                 astream = out.add_stream("aac", rate=sample_rate, layout=layout)
             for i in range(num_frames):
+                interrupt.check("writing the mp4")
                 frame = av.VideoFrame.from_ndarray(video[i], format="rgb24")
                 frame.pts = i
                 out.mux(vs.encode(frame))
@@ -213,11 +222,11 @@ def write_mp4(
                 aframe.sample_rate, aframe.pts = sample_rate, 0
                 out.mux(astream.encode(aframe))
                 out.mux(astream.encode(None))
-        os.replace(tmp, path)
+        publish(tmp, path, overwrite=overwrite)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    logger.info("wrote %s: %d frames %dx%d at %g fps (%.3f s)%s", path, num_frames, width, height, float(rate),
+    logger.debug("wrote %s: %d frames %dx%d at %g fps (%.3f s)%s", path, num_frames, width, height, float(rate),
                 num_frames / float(rate),
                 "" if note is None else f", audio {sample_rate} Hz {note.samples_out / sample_rate:.3f} s"
                 + (f" (+{note.padded} samples of silence)" if note.padded else ""))

@@ -13,7 +13,9 @@ The rules, for the command line and the nodes alike:
   link plus unlink, which fails if a file appeared under the final name meanwhile (two runs writing the same name
   at once): the later run then gets a clear error and its temporary file is removed.
 - ``remove_stale_partials(folder)`` deletes temporary files of this program whose process is gone (a run killed
-  with SIGKILL cannot clean up after itself; the next run in that folder does).
+  with SIGKILL cannot clean up after itself; the next run in that folder does). Files in the naming of earlier
+  versions (``.<stem>.<8 hex>.partial.mp4``, no process id) are removed once unchanged for OLD_PARTIAL_AGE seconds
+  (a live writer touches its file every few frames).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -29,6 +32,8 @@ from ovi_core.errors import OviInputError
 MAX_COMPONENT_BYTES = 255  # ext4, xfs, btrfs, APFS, NTFS (in UTF-16 units; bytes is the stricter bound here)
 PARTIAL_MARK = ".ovi-partial"
 _PARTIAL_RE = re.compile(r"^\.(?P<stem>.*)\.(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})" + re.escape(PARTIAL_MARK) + r"(?P<suffix>\.[^.]*)?$")
+_OLD_PARTIAL_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.partial(\.[^.]+)?$")  # mux.temporary_path before outpaths
+OLD_PARTIAL_AGE = 120.0  # seconds
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -102,9 +107,19 @@ def remove_stale_partials(folder: Path) -> list[Path]:
         entries = list(Path(folder).iterdir())
     except OSError:
         return removed
+    now = time.time()
     for p in entries:
         m = _PARTIAL_RE.match(p.name)
-        if m and not _pid_alive(int(m.group("pid"))):
+        if m:
+            stale = not _pid_alive(int(m.group("pid")))
+        elif _OLD_PARTIAL_RE.match(p.name):
+            try:
+                stale = p.is_file() and now - p.stat().st_mtime > OLD_PARTIAL_AGE
+            except OSError:
+                stale = False
+        else:
+            stale = False
+        if stale:
             try:
                 p.unlink()
                 removed.append(p)

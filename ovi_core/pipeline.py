@@ -177,22 +177,20 @@ def _default_device() -> torch.device:
 
 # ---- image-to-video input --------------------------------------------------------------------------------------
 def load_image(image) -> torch.Tensor:
-    """A path, PIL image or array/tensor [H, W, 3|4] / [1, H, W, 3] -> float32 [3, H, W] in 0..1 (RGB)."""
+    """A path, PIL image or array/tensor [H, W, 3|4] / [1, H, W, 3] -> float32 [3, H, W] in 0..1 (RGB).
+
+    Files and PIL images in any pixel format (16-bit, float, palette, grey, alpha) are read by ovi_core.images;
+    arrays are uint8 (0..255), uint16 (0..65535) or float (0..1)."""
     import numpy as np
 
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise OviInputError(f"image file {path} does not exist")
-        from PIL import Image, UnidentifiedImageError
+    from ovi_core.images import pil_to_rgb, read_image
 
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise OviInputError(f"cannot read {path} as an image ({exc})") from None
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
     elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        image = np.asarray(image.convert("RGB"))
+        image = pil_to_rgb(image)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
+        image = image.astype(np.float32) / 65535.0
     x = image.detach().cpu() if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
     if x.dim() == 4 and x.shape[0] == 1:
         x = x[0]
@@ -200,6 +198,8 @@ def load_image(image) -> torch.Tensor:
         raise OviInputError(f"an image must be [height, width, 3] (RGB), got shape {list(x.shape)}")
     x = x[..., :3]
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if not torch.isfinite(x).all():
+        raise OviInputError("the image holds NaN or infinite values")
     return x.permute(2, 0, 1).contiguous()
 
 
@@ -361,7 +361,7 @@ class OviPipeline:
 
     @classmethod
     def demo(cls, seed: int = 0, device: str | torch.device = "cpu", keep_loaded: bool = False,
-             num_threads: int | None = None) -> OviPipeline:
+             num_threads: int | None = None, vae_tile: tuple[int, int] | None = None) -> OviPipeline:
         """The built-in tiny model (ovi_core.demo): deterministic untrained weights, no files needed."""
         from ovi_core import demo
 
@@ -373,7 +373,7 @@ class OviPipeline:
             "audio_decoder": lambda: demo.build_demo_audio_decoder(seed, device),
         }
         return cls(demo.DEMO_VARIANT, loaders, num_layers=demo.DEMO_CONFIG.num_layers, device=device,
-                   default_settings=demo.DEMO_SETTINGS, is_demo=True, keep_loaded=keep_loaded,
+                   default_settings=demo.DEMO_SETTINGS, is_demo=True, keep_loaded=keep_loaded, vae_tile=vae_tile,
                    description=f"built-in demo model (untrained, {demo.DEMO_SIDE}x{demo.DEMO_SIDE}) on {device}",
                    num_threads=num_threads or demo.DEMO_THREADS)
 
@@ -543,7 +543,8 @@ class OviPipeline:
             shapes = latent_shapes(self.variant, row.image.shape[3], row.image.shape[4], snap=False)
         else:
             side = math.isqrt(self.variant.target_area)
-            shapes = latent_shapes(self.variant, req.height or side, req.width or side)
+            shapes = latent_shapes(self.variant, side if req.height is None else req.height,
+                                   side if req.width is None else req.width)
         row.video_shape, row.audio_shape = shapes.video, shapes.audio
 
     def _encode_text(self, encoder, row: _Row) -> None:

@@ -64,7 +64,23 @@ def test_the_demo_says_plainly_it_is_untrained(demo_run):
     _, out, stdout, stderr = demo_run
     assert "DEMO MODEL" in stderr and "untrained" in stderr
     assert f"wrote {out}" in stdout and "DEMO MODEL" in stdout
+    assert (stdout + stderr).count("wrote ") == 1  # once, on stdout (not also through the log)
     assert "8 steps" in stderr  # the demo's lower default is stated
+    assert "ignores" not in stderr  # no option was given that the demo cannot honour
+
+
+def test_the_demo_banner_states_the_real_step_count_and_names_ignored_options(tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    assert run("generate", "-p", PROMPT, "--steps", 1, "--out", out, "--no-progress", "--variant", "960x960_5s",
+               "--dtype", "fp16", "--attention", "flash_attn", "--weight-dtype", "fp8_e4m3fn", "--vae-tile", "32x32") == 0
+    err = capsys.readouterr().err
+    assert "(64x64, 1 step)" in err and "8 steps" not in err
+    ignored = [line for line in err.splitlines() if "the demo model ignores" in line]
+    assert len(ignored) == 1
+    for name in ("--variant 960x960_5s", "--dtype fp16", "--attention flash_attn", "--weight-dtype fp8_e4m3fn"):
+        assert name in ignored[0]
+    assert "--vae-tile" not in ignored[0]  # honoured: the demo decodes in tiles too
+    assert probe_mp4(out).num_frames == 121
 
 
 def test_a_seed_gives_the_same_frames_twice(tmp_path, capsys):
@@ -135,24 +151,52 @@ def test_check_weights(tmp_path, capsys):
 def test_a_batch_continues_past_failed_rows_and_exits_1(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
+    from ovi_core.errors import OviError
+    from ovi_core.pipeline import OviPipeline
+
+    sample = OviPipeline._sample
+
+    def failing_second_row(self, model, row, *args):
+        if row.index == 1:
+            raise OviError("the sampling diverged (simulated)")
+        return sample(self, model, row, *args)
+
+    monkeypatch.setattr(OviPipeline, "_sample", failing_second_row)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pngs").mkdir()
     Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(tmp_path / "pngs" / "0.png")
     (tmp_path / "prompts.csv").write_text(
         "text_prompt,image_path\n"
         f'"{PROMPT}",\n'
-        f'"{PROMPT}",pngs/missing.png\n'
+        f'"{PROMPT}",\n'
         f'"A dog, barking. Audio: barking",pngs/0.png\n'
-        '"",\n')
+        '"",\n')  # a blank row: skipped
     code = run("generate", "--prompts", "prompts.csv", "--out-dir", "clips", "--steps", 1, "--seed", 3, "--no-progress")
     captured = capsys.readouterr()
     assert code == 1
     written = sorted(p.name for p in (tmp_path / "clips").glob("*.mp4"))
     assert written == ["1_A_cat_plays_the_piano_Piano_music_3.mp4", "3_A_dog_barking_Audio_barking_3.mp4"]
-    assert "row 2 failed: image file pngs/missing.png does not exist" in captured.err
-    assert "row 4 failed: the prompt is empty" in captured.err
-    assert "2 of 4 clips written" in captured.out and "failed: row 2, row 4" in captured.out
+    assert "row 2 (line 3) failed: the sampling diverged (simulated)" in captured.err
+    assert "2 of 3 clips written" in captured.out and "failed: row 2 (line 3)" in captured.out
     assert probe_mp4(tmp_path / "clips" / written[1]).num_frames == 121
+    assert leftovers(tmp_path / "clips") == []
+
+
+def test_bad_rows_are_all_reported_before_anything_runs(tmp_path, capsys, monkeypatch):
+    from ovi_core.pipeline import OviPipeline
+
+    monkeypatch.setattr(OviPipeline, "_stages", lambda *a: pytest.fail("the pipeline ran"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.csv").write_text(
+        "text_prompt,image_path\n"
+        f'"{PROMPT}",\n'
+        f'"{PROMPT}",pngs/missing.png\n'
+        '"  ",pngs/also_missing.png\n')
+    assert run("generate", "--prompts", "prompts.csv", "--out-dir", "clips") == 2
+    err = capsys.readouterr().err
+    assert "row 2 (line 3): image file pngs/missing.png does not exist" in err
+    assert "row 3 (line 4): the prompt is empty" in err and "nothing was generated" in err
+    assert not (tmp_path / "clips").exists() or not any((tmp_path / "clips").iterdir())
 
 
 def test_prompts_files(tmp_path):
@@ -167,7 +211,10 @@ def test_prompts_files(tmp_path):
     tsv.parent.mkdir()
     (tmp_path / "sub" / "img.png").write_bytes(b"")
     tsv.write_text("text_prompt\timage_path\nhi\timg.png\n")
-    assert cli.read_prompts_file(tsv) == [("row 1", "hi", tmp_path / "sub" / "img.png")]
+    assert cli.read_prompts_file(tsv) == [("row 1 (line 2)", "hi", tmp_path / "sub" / "img.png")]
+    multi = tmp_path / "m.csv"
+    multi.write_text('text_prompt\n"two\nlines"\n,\nlast\n')
+    assert cli.read_prompts_file(multi) == [("row 1 (lines 2-3)", "two\nlines", None), ("row 2 (line 5)", "last", None)]
 
 
 @pytest.mark.parametrize("stage, at", [("sample", 1), ("write", 60)])

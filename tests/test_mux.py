@@ -107,7 +107,7 @@ def test_an_interrupted_write_leaves_nothing_and_keeps_the_old_file(tmp_path, ex
             raise exc("stop")
 
     with pytest.raises(exc):
-        write_mp4(path, video, FPS, audio, SR, progress=stop)
+        write_mp4(path, video, FPS, audio, SR, progress=stop, overwrite=True)
     assert path.read_bytes() == b"previous result"
     assert _leftovers(tmp_path) == []
 
@@ -125,3 +125,51 @@ def test_bad_inputs_are_refused(tmp_path):
     with pytest.raises(OviInputError, match="fps"):
         write_mp4(tmp_path / "x.mp4", video, 0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
+    video, audio = _clip(frames=3)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"previous result")
+    with pytest.raises(OviInputError, match="exists already"):
+        write_mp4(path, video, FPS, audio, SR)
+    assert path.read_bytes() == b"previous result" and _leftovers(tmp_path) == []
+    assert write_mp4(path, video, FPS, audio, SR, overwrite=True).num_frames == 3
+    assert probe_mp4(path).num_frames == 3 and _leftovers(tmp_path) == []
+
+
+def test_a_file_that_appears_while_writing_is_not_replaced(tmp_path):
+    video, audio = _clip(frames=20)
+    path = tmp_path / "clip.mp4"
+
+    def another_run_finishes_first(done, total):
+        if done == 5:
+            path.write_bytes(b"the other run's clip")
+
+    with pytest.raises(OviInputError, match="appeared while this clip was being written"):
+        write_mp4(path, video, FPS, audio, SR, progress=another_run_finishes_first)
+    assert path.read_bytes() == b"the other run's clip" and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("crf", [-1, 52, 100, 18.5, True])
+def test_crf_outside_0_to_51_is_refused(tmp_path, crf):
+    video, _ = _clip(frames=3)
+    with pytest.raises(OviInputError, match="crf must be a whole number from 0"):
+        write_mp4(tmp_path / "x.mp4", video, FPS, crf=crf)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_muxing_stops_at_an_interrupt_check(tmp_path):
+    from ovi_core import interrupt
+    from ovi_core.errors import OviInterrupted
+
+    video, audio = _clip(frames=30)
+    calls = []
+
+    def stop_after_ten_frames():
+        calls.append(1)
+        return len(calls) > 10
+
+    with interrupt.checking(stop_after_ten_frames), pytest.raises(OviInterrupted, match="writing the mp4"):
+        write_mp4(tmp_path / "x.mp4", video, FPS, audio, SR)
+    assert len(calls) == 11 and list(tmp_path.iterdir()) == []
