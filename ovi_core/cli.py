@@ -177,12 +177,12 @@ def _tile(text: str) -> tuple[int, int]:
 _tile.__name__ = "tile size"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
     from ovi_core.sampler import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT, SOLVERS
 
     from ovi_core.schedulers import MAX_STEPS
 
-    parser = argparse.ArgumentParser(prog="python -m ovi_core", description="Ovi audio+video generation, headless.",
+    parser = argparse.ArgumentParser(prog=prog, description="Ovi audio+video generation, headless.",
                                      epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -792,8 +792,8 @@ def cmd_check_weights(args) -> int:
 COMMANDS = {"generate": cmd_generate, "check-weights": cmd_check_weights}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "python -m ovi_core") -> int:
+    parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message already printed)
@@ -838,4 +838,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def console_main() -> None:
     """The ``ovi`` console script and ``python -m ovi_core``."""
-    sys.exit(main())
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    sys.exit(main(prog="ovi" if name in ("ovi", "ovi.exe") else "python -m ovi_core"))

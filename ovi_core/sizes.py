@@ -94,10 +94,11 @@ def video_size_for_variant(height: int, width: int, target_area: int, variant_na
     if is_far_from_area(height, width, target_area):
         side = math.isqrt(target_area)
         logger.warning(
-            "requested size %dx%d (area %d) is more than 10%% off the %s target area %d (%dx%d); generating %dx%d "
-            "instead, which keeps the aspect ratio. Ask for a size near the target area (or pick the matching model) "
-            "to silence this.",
-            height, width, height * width, variant_name or "model's", target_area, side, side, *snapped,
+            "asked for %dx%d (width x height), more than 10%% off the area %s generates (about %dx%d pixels "
+            "whatever the size asked): only the aspect ratio is kept, so the clip will be %dx%d. Ask for a size near "
+            "%dx%d pixels in total (e.g. %dx%d) to get exactly that size and silence this.",
+            width, height, f"the {variant_name} model" if variant_name else "the model", side, side, snapped[1],
+            snapped[0], side, side, snapped[1], snapped[0],
         )
     return snapped
 
