@@ -117,10 +117,12 @@ class OviMux:
     def mux(self, images, audio, fps, filename_prefix, prompt=None, extra_pnginfo=None):
         from ovi_core.errors import OviInputError
         from ovi_core.mux import write_mp4
+        from ovi_core.outpaths import OutputPathError
 
-        for problem in (prefix_problem(filename_prefix), fps_problem(fps)):
-            if problem is not None:
-                raise OviInputError(problem)
+        if (problem := prefix_problem(filename_prefix)) is not None:
+            raise OutputPathError(problem)
+        if (problem := fps_problem(fps)) is not None:
+            raise OviInputError(problem)
         frames = _check_frames(images)
         wave, rate = _check_audio(audio)
         path, file, subfolder = bridge.output_path(filename_prefix, frames.shape[2], frames.shape[1], "mp4")
