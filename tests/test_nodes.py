@@ -515,3 +515,76 @@ def test_inside_a_real_comfyui():
     code = f"COMFY_DIR = {comfy_dir!r}\nPACK = {str(ROOT)!r}\n" + COMFY_SCRIPT
     r = subprocess.run([python, "-c", code], cwd=comfy_dir, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# ---- ComfyUI's cancel inside long operations, and a missing requirement ----------------------------------------------
+def test_comfyuis_cancel_is_an_ovi_core_interrupt_checker(monkeypatch):
+    """With ComfyUI present the bridge installs throw_exception_if_processing_interrupted as an ovi_core.interrupt
+    checker, so every interrupt.check() inside the core (per block, tile, layer, frame) raises ComfyUI's exception."""
+    from ovi_core import interrupt
+
+    class InterruptProcessingException(Exception):
+        pass
+
+    flag = []
+
+    class FakeModelManagement:
+        @staticmethod
+        def throw_exception_if_processing_interrupted():
+            if flag:
+                flag.clear()
+                raise InterruptProcessingException()
+
+    monkeypatch.setattr(bridge, "HAVE_COMFY", True)
+    monkeypatch.setattr(bridge, "mm", FakeModelManagement)
+    monkeypatch.setattr(bridge, "_checker_installed", False)
+    try:
+        assert bridge.install_interrupt_checker() and bridge.install_interrupt_checker()
+        assert interrupt._checkers.count(bridge._comfy_interrupt_checker) == 1  # installed once
+        interrupt.check("a block")  # not cancelled: nothing happens
+        flag.append(True)
+        with pytest.raises(InterruptProcessingException):
+            interrupt.check("a block")
+        interrupt.check("the next run")  # ComfyUI clears its flag when it raises: the next run works
+    finally:
+        interrupt.remove_checker(bridge._comfy_interrupt_checker)
+    monkeypatch.setattr(bridge, "HAVE_COMFY", False)
+    assert bridge.install_interrupt_checker() is False
+
+
+MISSING_REQUIREMENT_SCRIPT = r"""
+import importlib.util, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+sys.modules["ftfy"] = None  # as if ComfyUI's Python lacked it
+spec = importlib.util.spec_from_file_location("ComfyUI-Ovi", PACK + "/__init__.py", submodule_search_locations=[PACK])
+pack = importlib.util.module_from_spec(spec); sys.modules["ComfyUI-Ovi"] = pack; spec.loader.exec_module(pack)
+print("NODES", len(pack.NODE_CLASS_MAPPINGS))
+"""
+
+
+def test_a_missing_requirement_is_one_log_line_naming_the_pip_command():
+    r = subprocess.run([sys.executable, "-c", f"PACK = {str(ROOT)!r}\n" + MISSING_REQUIREMENT_SCRIPT], cwd="/",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "NODES 0"
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("ERROR ComfyUI-Ovi: missing Python package ftfy;")
+    assert f"{sys.executable} -m pip install -r {ROOT / 'requirements.txt'}" in lines[0]
+
+
+def test_the_requirement_check_covers_requirements_txt():
+    spec = importlib.util.spec_from_file_location("comfyui_ovi_requirements", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        listed = {re.split(r"[<>=!~\[ ;]", line.strip())[0].lower()
+                  for line in (ROOT / "requirements.txt").read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")}
+        assert set(module.REQUIRED_MODULES) == listed
+        assert module.missing_requirements() == []
+    finally:
+        for name in [n for n in sys.modules if n.startswith(spec.name)]:
+            del sys.modules[name]
