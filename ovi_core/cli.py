@@ -397,6 +397,7 @@ def read_prompts_file(path: Path) -> list[tuple[str, str, Path | None]]:
     if path.suffix.lower() in (".csv", ".tsv"):
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
                             strict=True)
+        start = 1
         try:
             header = next(reader, None)
             columns = [c.strip() for c in (header or [])]
@@ -419,6 +420,10 @@ def read_prompts_file(path: Path) -> list[tuple[str, str, Path | None]]:
                 image = fields.get("image_path", "")
                 rows.append((f"row {n} ({where})", fields["text_prompt"], _resolve_image(image, path) if image else None))
         except csv.Error as exc:
+            if "end of data" in str(exc):
+                raise OviInputError(f"{path.name} line {start}: a quoted field starts there and its closing quote is "
+                                    f"never found (the file ends on line {reader.line_num}); close the quote, and "
+                                    "double any quote inside a quoted field (\"\")") from None
             raise OviInputError(f"{path.name} line {reader.line_num}: {exc} — check the quotes on that line (a field "
                                 "that holds quotes or the separator must be quoted, with inner quotes doubled)") \
                 from None
@@ -695,7 +700,12 @@ def cmd_generate(args) -> int:
         if getattr(args, dest) is None:
             setattr(args, dest, default)
     if paths is not None:
+        from ovi_core.model_paths import check_weight_files
+
         check_dtypes(args, args.device)
+        problems = [problem for _, _, problem, _ in check_weight_files(paths, full=False) if problem]
+        if problems:  # headers and keys only: a wrong or truncated file fails now, not after loading the others
+            raise WrongFileError(" | ".join(problems) + " — `check-weights` lists every file")
     pipe = make_pipeline(args, paths)
     base = pipe.settings(steps=args.steps, solver=args.solver, shift=args.shift, video_guidance=args.video_guidance,
                          audio_guidance=args.audio_guidance, slg_layer=args.slg_layer, seed=args.seed)

@@ -378,41 +378,49 @@ def _check_video_vae(path: Path) -> str:
            f"tensors: {dtypes}"
 
 
-def _check_audio_vae(path: Path) -> str:
+def _check_audio_vae(path: Path, full: bool = True) -> str:
     from ovi_core.checkpoint_io import read_checkpoint
-    from ovi_core.mmaudio_vae import _is_comfy_layout, load_audio_decoder, mel_vae_from_state_dict
+    from ovi_core.mmaudio_vae import _VAE_MARKER, _is_comfy_layout, load_audio_decoder, mel_vae_from_state_dict
+    from ovi_core.wan_vae import describe_checkpoint
 
-    sd = read_checkpoint(path, "MMAudio audio VAE")  # small: read in full, every key and shape checked
+    sd = read_checkpoint(path, "MMAudio audio VAE") if full else _meta_state_dict(path)
     dtypes = _check_dtypes(path, sd)
-    if _is_comfy_layout(sd):
-        load_audio_decoder(path, None, device="cpu")
+    comfy = _is_comfy_layout(sd)
+    if not full:  # key signature only (the pipeline loads the small decoders before sampling anyway)
+        if _VAE_MARKER not in sd and not comfy:
+            raise WrongFileError(f"{path.name} is not an MMAudio audio VAE: it looks like {describe_checkpoint(sd)}. "
+                                 f"Get it from {WHERE_TO_GET['audio_vae']}")
+    elif comfy:
+        load_audio_decoder(path, None, device="cpu")  # small: read in full, every key and shape checked
+    else:
+        mel_vae_from_state_dict(sd, source=path.name)
+    if comfy:
         return f"MMAudio 16 kHz VAE + BigVGAN vocoder in one file (ComfyUI layout); tensors: {dtypes}"
-    mel_vae_from_state_dict(sd, source=path.name)
     return f"MMAudio 16 kHz audio VAE; tensors: {dtypes}"
 
 
 def _check_vocoder(path: Path) -> str:
     from ovi_core.bigvgan import vocoder_from_state_dict
-    from ovi_core.checkpoint_io import read_checkpoint
 
-    sd = read_checkpoint(path, "BigVGAN vocoder")
+    sd = _meta_state_dict(path)
     dtypes = _check_dtypes(path, sd)
-    vocoder_from_state_dict(sd, source=path.name)
+    vocoder_from_state_dict(sd, source=path.name)  # on the meta device: kind, keys and shapes, no data read
     return f"BigVGAN vocoder (16 kHz, MMAudio); tensors: {dtypes}"
 
 
-def check_weight_files(paths: OviWeightPaths) -> list[tuple[str, Path, str | None, str]]:
+def check_weight_files(paths: OviWeightPaths, full: bool = True) -> list[tuple[str, Path, str | None, str]]:
     """Read every file of ``paths`` and say what it is: (part, path, problem or None, description).
 
-    Headers and keys only where that suffices (the fused model, the text encoder, the video VAE: missing keys,
-    shapes, dtypes, truncation); the small audio decoder is loaded in full. Torch files are opened with
+    Headers and keys only where that suffices (the fused model, the text encoder, the video VAE, the vocoder:
+    missing keys, shapes, dtypes, truncation); with ``full`` the small audio VAE is loaded in full (without, its
+    key signature is checked). Torch files are opened with
     weights_only=True, so no pickled code ever runs. Problems are WrongFileError/OviInputError messages."""
     from ovi_core.errors import OviError
 
     checks = [("fusion", paths.fusion, lambda: _check_fusion(paths.fusion)),
               ("text_encoder", paths.text_encoder, lambda: _check_text_encoder(paths.text_encoder, paths.tokenizer)),
               ("video_vae", paths.video_vae, lambda: _check_video_vae(paths.video_vae)),
-              ("audio_vae", paths.audio_vae, lambda: _check_audio_vae(paths.audio_vae))]
+              ("audio_vae", paths.audio_vae, lambda: _check_audio_vae(paths.audio_vae, full))]
     if paths.vocoder is not None:
         checks.append(("vocoder", paths.vocoder, lambda: _check_vocoder(paths.vocoder)))
     results = []
