@@ -1,0 +1,381 @@
+"""Ovi as a native ComfyUI model (PROTOTYPE for issue 12, items 1, 2 and 6; not registered as a node yet).
+
+What ComfyUI's stock sampling path needs, and where it is here:
+  * a ``comfy.model_base.BaseModel`` subclass holding the torch module as ``diffusion_model`` (``OviAV``; the module
+    is the ovi_core ``OviFusion`` itself, so ``state_dict`` keys are ``diffusion_model.<checkpoint key>`` and core's
+    LoRA key maps apply), flow prediction (``ModelType.FLOW``: ``ModelSamplingDiscreteFlow`` + ``CONST``, so the
+    model timestep is ``1000·σ`` in float32, exactly the float timesteps Ovi's euler path feeds the model), Ovi's
+    shift 5.0 as the default (core ``ModelSamplingSD3`` replaces it);
+  * the joint LATENT ``NestedTensor((video [B, 48, F, h, w], audio [B, 20, L]))``: ``CFGGuider.sample`` packs it to
+    ``[B, 1, N]`` and hands ``latent_shapes`` to ``extra_conds``; the model unpacks, runs both towers, packs the
+    velocities (as core ``LTXAV`` does). The video part is in ComfyUI's raw Wan2.2 convention (core ``VAEDecode``
+    with ``wan2.2_vae`` decodes it; ``process_latent_in`` normalises it), the audio part is the MMAudio latent
+    channel-first (the pack's and Ovi's audio latent is channel-last ``[B, L, 20]``: transposed at the model);
+  * per-modality denoise masks (``noise_mask`` NestedTensor, 1 = generate, 0 = keep): the kept tokens are given to
+    the model clean with timestep 0 (Ovi's image-to-video first frame is the case "keep video frame 0"), and the
+    kept elements come out of sampling bit for bit (an OUTER_SAMPLE wrapper restores them after the last step);
+  * text as CONDITIONING: the umT5-XXL states ``[1, tokens, 4096]`` go to both towers; a conditioning entry may
+    carry ``"ovi_audio_context"`` (the audio tower's own text, e.g. Ovi's audio negative prompt). Both are zero-padded
+    to Ovi's 512 tokens in ``extra_conds``; the text keys/values are computed once per distinct text and reused;
+  * skip-layer guidance inside core CFG: the rows core marks as unconditional (``cond_or_uncond``) skip fused block
+    ``slg_layer`` in the forward, as Ovi's negative pass does.
+
+Until ovi_core/fusion.py takes separate audio timesteps and a clean-token prefix (see docs/native_model_design.md),
+``_fusion_forward`` repeats ``OviFusion.forward``'s five steps for the masked cases only; unmasked sampling and the
+image-to-video mask call ``OviFusion.forward`` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.nested_tensor
+import comfy.patcher_extension
+import comfy.supported_models_base
+import comfy.utils
+from ovi_core import interrupt
+from ovi_core.errors import OviInputError
+from ovi_core.fusion import OviFusion, TextContext, _Modulation
+from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHIFT = 5.0
+DEFAULT_SLG_LAYER = 11
+AUDIO_CONTEXT_KEY = "ovi_audio_context"  # optional CONDITIONING dict entry: the audio tower's own text states
+SLG_OPTION = "ovi_slg_layer"  # transformer_options entry overriding the model's skip layer (0 or -1 = off)
+WRAPPER_KEY = "ovi_native"
+
+
+# ---- latent format and model config --------------------------------------------------------------------------------
+class OviAVLatentFormat(comfy.latent_formats.Wan22):
+    """The video part is a Wan2.2 latent (raw in the LATENT, normalised inside the model); the audio part is used
+    as is. No latent preview for the packed joint latent (as core's LTXAV format)."""
+
+    latent_rgb_factors = None
+    latent_rgb_factors_bias = None
+
+    def __init__(self):
+        super().__init__()
+        self.taesd_decoder_name = None
+
+
+class OviAVConfig(comfy.supported_models_base.BASE):
+    unet_config = {"image_model": "ovi", "disable_unet_model_creation": True}
+    unet_extra_config = {}
+    sampling_settings = {"shift": DEFAULT_SHIFT, "multiplier": 1000}
+    latent_format = OviAVLatentFormat
+    memory_usage_factor = 1.0
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+
+
+# ---- masks -> per-modality timesteps -------------------------------------------------------------------------------
+def _unit_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
+    """An element mask [B, C, F, h, w] (video) or [B, C, L] (audio) -> one value per latent frame / step [B, U].
+
+    Ovi's time embedding is per token, and a token spans all channels (and a 2x2 patch): the mask must be uniform
+    across those."""
+    flat = mask.transpose(1, 2).flatten(2)  # [B, U, C·h·w]
+    lo, hi = flat.amin(dim=2), flat.amax(dim=2)
+    if not torch.equal(lo, hi):
+        raise OviInputError(
+            f"the {name} noise mask varies inside a latent {'frame' if name == 'video' else 'step'} (across channels "
+            f"or pixels); Ovi's model takes one value per latent {'frame' if name == 'video' else 'step'}: "
+            "keep whole frames/steps (mask 0) and generate the others"
+        )
+    return lo
+
+
+def _mask_timesteps(mask: torch.Tensor | None, t: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
+    """(timesteps [B, U], clean units) for one modality.
+
+    The model runs a kept (mask 0) leading run of frames/steps clean with timestep 0 and the rest at c·t, c being
+    the mask value of the rest (1 for plain generation) — core LTXAV's ``mask · t`` restricted to what Ovi's
+    modulation can express (one clean prefix, as image-to-video). U = 2 when there is a clean prefix, else 1."""
+    if mask is None:
+        return t[:, None], 0
+    m = _unit_mask(mask, name)  # [B, U]
+    kept = (m == 0).int()
+    prefix = kept.cumprod(dim=1).sum(dim=1)  # leading kept units per row
+    k = int(prefix[0])
+    if not torch.all(prefix == k):
+        raise OviInputError(f"the {name} noise mask keeps a different number of leading units in different batch rows")
+    units = m.shape[1]
+    if k == units:
+        return torch.zeros_like(t)[:, None], 0  # the whole modality is kept: clean, t = 0
+    rest = m[:, k:]
+    c = rest[:, :1]
+    if not torch.equal(rest, c.expand_as(rest)):
+        raise OviInputError(
+            f"unsupported {name} noise mask: Ovi's model keeps a leading run of latent "
+            f"{'frames' if name == 'video' else 'steps'} (mask 0) and generates all the others with one strength; "
+            f"got per-unit values {m[0].tolist()}"
+        )
+    tc = t * c[:, 0].to(t)
+    if k == 0:
+        return tc[:, None], 0
+    return torch.stack([tc, torch.zeros_like(tc)], dim=1), k
+
+
+# ---- the forward with per-modality timesteps -----------------------------------------------------------------------
+@torch.no_grad()
+def _fusion_forward(fusion: OviFusion, video, audio, tv, clean_frames, ta, clean_steps, text: TextContext,
+                    slg_layer: int, skip_mask):
+    """OviFusion.forward with separate video/audio timesteps [B, U] and clean prefixes (frames / audio steps).
+
+    Steps 1-5 are OviFusion.forward's; only step 2 differs. Goes away when fusion.forward takes ``audio_t`` and
+    ``clean_video_frames`` / ``clean_audio_steps`` (docs/native_model_design.md)."""
+    video, audio = fusion._check_latents(video, audio)
+    b, dev = video.shape[0], fusion.device
+    backend = fusion.attention_backend
+
+    # 1. patch embeddings
+    xv, grid_v = fusion.video_model.embed(video.to(dev))  # [B, Lv, dim], (F, H/2, W/2)
+    xa, grid_a = fusion.audio_model.embed(audio.to(dev))  # [B, La, dim], (La,)
+
+    # 2. time embeddings per modality; a clean prefix takes u = 1 (t = 0)
+    mod_v = _Modulation(*fusion.video_model.embed_time(tv.to(dev)), clean_frames * grid_v[1] * grid_v[2])
+    mod_a = _Modulation(*fusion.audio_model.embed_time(ta.to(dev)), clean_steps)
+
+    # 3. RoPE
+    rope_v, rope_a = fusion._ropes(grid_v, grid_a, dev)
+
+    # 4. fused blocks, SLG on the rows of skip_mask
+    for i in range(fusion.cfg.num_layers):
+        interrupt.check("the transformer forward")
+        if slg_layer > 0 and i == slg_layer:
+            run = None if skip_mask is None else (~skip_mask.detach().cpu().bool()).nonzero().flatten()
+            if run is None or run.numel() == 0:
+                continue
+            if run.numel() < b:
+                run = run.to(dev)
+                xv, xa = xv.clone(), xa.clone()
+                xv[run], xa[run] = fusion._run_block(i, xv[run], xa[run], mod_v.rows(run), mod_a.rows(run),
+                                                     rope_v, rope_a, text.rows(run), backend)
+                continue
+        xv, xa = fusion._run_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend)
+
+    # 5. heads
+    return fusion._head(fusion.video_model, xv, mod_v, grid_v), fusion._head(fusion.audio_model, xa, mod_a, grid_a)
+
+
+class _TextCache:
+    """The text keys/values of the last few distinct (video text, audio text) batches: core hands the model the
+    same contexts at every step, Ovi's sampler computes their keys/values once per generation."""
+
+    def __init__(self, size: int = 2):
+        self.size, self.entries = size, []
+
+    def get(self, fusion: OviFusion, ctx_v: torch.Tensor, ctx_a: torch.Tensor) -> TextContext:
+        for cv, ca, text in self.entries:
+            same_shape = cv.shape == ctx_v.shape and ca.shape == ctx_a.shape
+            if same_shape and torch.equal(cv, ctx_v) and torch.equal(ca, ctx_a):
+                return text
+        text = fusion.prepare_text(ctx_v, ctx_a, batch=ctx_v.shape[0])
+        self.entries = [(ctx_v, ctx_a, text)] + self.entries[: self.size - 1]
+        return text
+
+    def clear(self):
+        self.entries = []
+
+
+def _pad_text(context: torch.Tensor, text_len: int, name: str) -> torch.Tensor:
+    """[B, tokens, 4096] -> [B, text_len, 4096] zero-padded (Ovi pads with zeros; core's cross-attention concat would
+    repeat the shorter context instead)."""
+    if context.dim() == 2:
+        context = context.unsqueeze(0)
+    if context.shape[1] > text_len:
+        raise OviInputError(f"the {name} text has {context.shape[1]} tokens; Ovi takes at most {text_len}")
+    if context.shape[1] == text_len:
+        return context
+    pad = context.new_zeros(context.shape[0], text_len - context.shape[1], context.shape[2])
+    return torch.cat([context, pad], dim=1)
+
+
+# ---- the model -----------------------------------------------------------------------------------------------------
+class OviAV(comfy.model_base.BaseModel):
+    """Ovi's fused audio+video DiT for ComfyUI's samplers: flow prediction over the packed joint latent."""
+
+    def __init__(self, model_config: OviAVConfig, fusion: OviFusion, slg_layer: int = DEFAULT_SLG_LAYER, device=None):
+        super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
+        self.diffusion_model = fusion
+        self.slg_layer = slg_layer
+        self.latent_shapes = None  # set for the duration of one sampling by the OUTER_SAMPLE wrapper
+        self.text_cache = _TextCache()
+        self.memory_usage_factor_conds = ()
+
+    def get_dtype(self):
+        return next(self.diffusion_model.parameters()).dtype
+
+    # -- conditioning (called once per cond by process_conds) --
+    def extra_conds(self, **kwargs):
+        out = {}
+        text_len = self.diffusion_model.cfg.video.text_len
+        cross_attn = kwargs.get("cross_attn", None)
+        if cross_attn is not None:
+            out["c_crossattn"] = comfy.conds.CONDRegular(_pad_text(cross_attn, text_len, "prompt"))
+            audio_ctx = kwargs.get(AUDIO_CONTEXT_KEY, None)
+            audio_ctx = cross_attn if audio_ctx is None else audio_ctx
+            out["audio_crossattn"] = comfy.conds.CONDRegular(_pad_text(audio_ctx, text_len, "audio"))
+
+        denoise_mask = kwargs.get("concat_mask", kwargs.get("denoise_mask", None))
+        latent_shapes = kwargs.get("latent_shapes", None)
+        if denoise_mask is not None and latent_shapes is not None and len(latent_shapes) == 2:
+            video_mask, audio_mask = comfy.utils.unpack_latents(denoise_mask, latent_shapes)
+            out["denoise_mask"] = comfy.conds.CONDRegular(video_mask)
+            out["audio_denoise_mask"] = comfy.conds.CONDRegular(audio_mask)
+        if latent_shapes is not None:
+            out["latent_shapes"] = comfy.conds.CONDConstant(latent_shapes)
+        return out
+
+    def scale_latent_inpaint(self, sigma, noise, latent_image, **kwargs):
+        return latent_image  # kept tokens are shown to the model clean (with t = 0), as core's LTXAV
+
+    # -- the raw <-> model-space latent (the video part is normalised; packed latents need latent_shapes) --
+    def _per_part(self, latent, video_fn):
+        if not latent.is_nested and latent.dim() == 5:
+            return video_fn(latent)
+        shapes = self.latent_shapes
+        if shapes is None or len(shapes) != 2:
+            raise OviInputError("Ovi samples the joint audio+video LATENT (Ovi Empty Latent or LTXVConcatAVLatent); "
+                                "got a single latent")
+        video, audio = comfy.utils.unpack_latents(latent, shapes)
+        return comfy.utils.pack_latents([video_fn(video), audio])[0]
+
+    def process_latent_in(self, latent):
+        return self._per_part(latent, self.latent_format.process_in)
+
+    def process_latent_out(self, latent):
+        return self._per_part(latent, self.latent_format.process_out)
+
+    def memory_required(self, input_shape, cond_shapes={}):
+        """Activation memory of one forward, from the token counts (a rough bound; core's formula assumes pixels)."""
+        cfg = self.diffusion_model.cfg
+        shapes = self.latent_shapes
+        if shapes is None or len(shapes) != 2:
+            tokens = math.prod(input_shape[2:]) // 4
+        else:
+            tokens = math.prod(shapes[0][2:]) // 4 + shapes[1][2]
+        per_token = (8 * cfg.video.dim + 2 * cfg.video.ffn_dim) * 4  # float32 residuals + one FFN hidden state
+        return input_shape[0] * tokens * per_token * 2
+
+    # -- one model evaluation --
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        fusion: OviFusion = self.diffusion_model
+        sigma = t
+        xc = self.model_sampling.calculate_input(sigma, x).float()
+        timestep = self.model_sampling.timestep(t).float()  # 1000·σ, as Ovi's euler path
+        latent_shapes = kwargs.get("latent_shapes", None)
+        if latent_shapes is None or len(latent_shapes) != 2 or c_crossattn is None:
+            raise OviInputError("Ovi needs the joint audio+video LATENT and a text CONDITIONING")
+        dev = fusion.device
+
+        # 1. unpack: video [B, 48, F, h, w], audio [B, 20, L] -> Ovi's channel-last [B, L, 20]
+        video, audio = comfy.utils.unpack_latents(xc, latent_shapes)
+        audio = audio.transpose(1, 2)
+
+        # 2. per-modality timesteps from the denoise masks
+        tv, clean_frames = _mask_timesteps(kwargs.get("denoise_mask"), timestep, "video")
+        ta, clean_steps = _mask_timesteps(kwargs.get("audio_denoise_mask"), timestep, "audio")
+
+        # 3. text keys/values (cached), skip-layer guidance on core's unconditional rows
+        ctx_v = c_crossattn.to(dev, torch.float32)
+        ctx_a = kwargs.get("audio_crossattn", c_crossattn).to(dev, torch.float32)
+        text = self.text_cache.get(fusion, ctx_v, ctx_a)
+        slg_layer = int(transformer_options.get(SLG_OPTION, self.slg_layer))
+        flags = transformer_options.get("cond_or_uncond", None)
+        skip_mask = None
+        if slg_layer > 0:
+            if flags:
+                skip_mask = torch.tensor([f == 1 for f in flags]).repeat_interleave(x.shape[0] // len(flags))
+            else:
+                slg_layer = 0  # no way to tell the negative rows: no SLG
+            if skip_mask is not None and not bool(skip_mask.any()):
+                slg_layer, skip_mask = 0, None
+
+        # 4. the forward: OviFusion.forward whenever it expresses the timesteps (no mask, or image-to-video)
+        same_t = tv.shape[1] == 1 and ta.shape[1] == 1 and torch.equal(tv, ta)
+        i2v = (clean_frames == 1 and clean_steps == 0 and ta.shape[1] == 1 and torch.equal(tv[:, :1], ta[:, :1]))
+        if same_t or i2v:
+            out_v, out_a = fusion(video, audio, tv[:, 0], text=text, first_frame_is_clean=i2v, slg_layer=slg_layer,
+                                  skip_mask=skip_mask)
+        else:
+            out_v, out_a = _fusion_forward(fusion, video, audio, tv, clean_frames, ta, clean_steps, text, slg_layer,
+                                           skip_mask)
+
+        # 5. pack the velocities, denoised = x - σ·v
+        model_output, _ = comfy.utils.pack_latents([out_v, out_a.transpose(1, 2)])
+        return self.model_sampling.calculate_denoised(sigma, model_output.float().to(x.device), x)
+
+
+def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
+                          disable_pbar=False, seed=None, latent_shapes=None):
+    """Around CFGGuider.outer_sample: give the model the latent shapes (process_latent_in/out, memory estimate),
+    drop the text cache afterwards, and return the kept (mask 0) elements exactly as they came in."""
+    model = executor.class_obj.model_patcher.model
+    model.latent_shapes = latent_shapes
+    try:
+        out = executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                       latent_shapes=latent_shapes)
+    finally:
+        model.latent_shapes = None
+        model.text_cache.clear()
+    if denoise_mask is not None:
+        keep = denoise_mask.to(out.device) == 0
+        out = torch.where(keep, latent_image.to(out.device, out.dtype), out)
+    return out
+
+
+def build_model_patcher(fusion: OviFusion, *, slg_layer: int = DEFAULT_SLG_LAYER, shift: float = DEFAULT_SHIFT,
+                        load_device=None, offload_device=None) -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI MODEL (ModelPatcher over OviAV) around an ovi_core OviFusion."""
+    config = OviAVConfig(OviAVConfig.unet_config)  # BASE.__init__ keeps a copy of the dict it is given
+    config.sampling_settings["shift"] = float(shift)
+    load_device = load_device or comfy.model_management.get_torch_device()
+    offload_device = offload_device or comfy.model_management.unet_offload_device()
+    model = OviAV(config, fusion, slg_layer=slg_layer, device=offload_device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _outer_sample_wrapper)
+    return patcher
+
+
+# ---- latents, noise, sigmas ----------------------------------------------------------------------------------------
+def empty_av_latent(video_frames: int, height: int, width: int, audio_steps: int, batch: int = 1) -> dict:
+    """The joint LATENT of zeros: video [B, 48, F, H/16, W/16] (pass latent sizes), audio [B, 20, L]."""
+    video = torch.zeros(batch, VIDEO_LATENT_CHANNELS, video_frames, height, width)
+    audio = torch.zeros(batch, AUDIO_LATENT_CHANNELS, audio_steps)
+    return {"samples": comfy.nested_tensor.NestedTensor((video, audio))}
+
+
+class OviNoise:
+    """A NOISE (SamplerCustomAdvanced) giving Ovi's own initial noise for a joint latent: per batch row, video and
+    audio each from a CPU generator seeded with ``seed`` (ovi_core.sampler.make_noise), audio drawn channel-last."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def generate_noise(self, input_latent: dict) -> comfy.nested_tensor.NestedTensor:
+        from ovi_core.sampler import make_noise
+
+        video, audio = input_latent["samples"].unbind()
+        vs, as_ = [], []
+        for _ in range(video.shape[0]):
+            v, a = make_noise(video.shape[1:], (audio.shape[2], audio.shape[1]), self.seed)
+            vs.append(v)
+            as_.append(a.transpose(0, 1))
+        return comfy.nested_tensor.NestedTensor((torch.stack(vs), torch.stack(as_)))
+
+
+def ovi_sigmas(solver: str, steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    """Ovi's exact σ list for ``solver`` (unipc / euler / dpm++), float32, ending in 0: SIGMAS for core samplers."""
+    from ovi_core.schedulers import make_scheduler
+
+    return make_scheduler(solver, steps, shift).sigmas.to(torch.float32).clone()

@@ -1,0 +1,231 @@
+"""Ovi as a native ComfyUI model (nodes/native_model.py), on the demo model, inside a real ComfyUI.
+
+Runs only where ComfyUI's ``comfy`` package imports (the ComfyUI venv with a ComfyUI tree on PYTHONPATH); the
+normal test run skips it:
+    PYTHONPATH=/path/to/ComfyUI:. /path/to/comfy_venv/bin/python -m pytest -q tests/test_native_model.py
+Proves: core's samplers (KSampler path, SamplerCustom path) with 'euler' and Ovi's euler σ list give the final
+latents of ovi_core.sampler.sample_joint from the same noise, with and without CFG + skip-layer guidance; a zero
+noise mask keeps a modality bit for bit; a mask keeping video frame 0 is Ovi's image-to-video.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+try:  # ComfyUI's `comfy` is a namespace package: look for one of its modules
+    _SPEC = importlib.util.find_spec("comfy.model_management")
+except ImportError:
+    _SPEC = None
+if _SPEC is None:
+    pytest.skip("ComfyUI is not importable here (run with ComfyUI's venv and its tree on PYTHONPATH)",
+                allow_module_level=True)
+
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing(False)
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True
+import comfy.latent_formats  # noqa: E402
+import comfy.model_management  # noqa: E402
+import comfy.nested_tensor  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.samplers  # noqa: E402
+
+from ovi_core.demo import build_demo_fusion  # noqa: E402
+from ovi_core.sampler import PromptEmbeddings, make_noise, sample_joint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+COMFY_DIR = Path(_SPEC.origin).resolve().parent.parent
+
+
+def _load(name: str, path: Path):
+    """A module by file path (the pack's ``nodes`` package and ComfyUI's ``nodes.py`` share a name)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+native = _load("ovi_native_model", ROOT / "nodes" / "native_model.py")
+
+F, H, W, L = 3, 4, 4, 13  # latent sizes: 3 frames of 4x4 (64x64 pixels), 13 audio steps
+STEPS, SEED, TOL = 4, 7, 1e-5
+
+
+@pytest.fixture(scope="module")
+def fusion():
+    return build_demo_fusion()
+
+
+@pytest.fixture(scope="module")
+def texts():
+    g = torch.Generator().manual_seed(1)
+    return PromptEmbeddings(torch.randn(7, 4096, generator=g), torch.randn(5, 4096, generator=g),
+                            torch.randn(6, 4096, generator=g))
+
+
+def _conds(texts):
+    positive = [[texts.positive[None], {}]]
+    negative = [[texts.video_negative[None], {native.AUDIO_CONTEXT_KEY: texts.audio_negative[None]}]]
+    return positive, negative
+
+
+def _noise():
+    v, a = make_noise((48, F, H, W), (L, 20), SEED)
+    return v, a, comfy.nested_tensor.NestedTensor((v[None], a.T[None].contiguous()))
+
+
+def _to_model_space(video_raw):
+    return comfy.latent_formats.Wan22().process_in(video_raw)
+
+
+def _reference(fusion, texts, v_noise, a_noise, guidance, slg_layer, first=None):
+    return sample_joint(fusion, texts, video_noise=v_noise, audio_noise=a_noise, solver="euler", steps=STEPS,
+                        shift=5.0, video_guidance=guidance, audio_guidance=guidance, slg_layer=slg_layer,
+                        first_frame_latent=first)
+
+
+@pytest.mark.parametrize("cfg, slg_layer", [(1.0, 0), (4.0, 1)])
+def test_ksampler_euler_equals_ovi_euler(fusion, texts, cfg, slg_layer):
+    """Core KSampler('euler') with Ovi's euler σ list == sample_joint(solver='euler'); CFG maps to equal video and
+    audio guidance, Ovi's audio negative rides in the negative CONDITIONING, SLG hits core's uncond rows."""
+    v_noise, a_noise, noise = _noise()
+    ref_v, ref_a = _reference(fusion, texts, v_noise, a_noise, cfg, slg_layer)
+
+    model = native.build_model_patcher(fusion, slg_layer=slg_layer)
+    positive, negative = _conds(texts)
+    latent = native.empty_av_latent(F, H, W, L)["samples"]
+    sampler = comfy.samplers.KSampler(model, steps=STEPS, device=model.load_device, sampler="euler",
+                                      scheduler="simple", model_options=model.model_options)
+    out = sampler.sample(noise, positive, negative, cfg=cfg, latent_image=latent,
+                         sigmas=native.ovi_sigmas("euler", STEPS), seed=SEED, disable_pbar=True)
+    video_raw, audio = out.unbind()
+
+    err_v = (_to_model_space(video_raw) - ref_v).abs().max().item()
+    err_a = (audio.transpose(1, 2) - ref_a).abs().max().item()
+    print(f"cfg {cfg} slg {slg_layer}: max |comfy - ovi| video {err_v:.3g}, audio {err_a:.3g}")
+    assert err_v < TOL and err_a < TOL
+    assert ref_v.abs().max() > 0.1  # a real generation, not a trivially small one
+    if slg_layer:  # the skip layer really acts (on the negative rows only): without it the result is another one
+        plain_v, _ = _reference(fusion, texts, v_noise, a_noise, cfg, 0)
+        assert (plain_v - ref_v).abs().max() > 1e-3
+
+
+def test_ovi_noise_is_make_noise():
+    latent = native.empty_av_latent(F, H, W, L)
+    noise = native.OviNoise(SEED).generate_noise(latent)
+    v, a = make_noise((48, F, H, W), (L, 20), SEED)
+    assert torch.equal(noise.unbind()[0][0], v) and torch.equal(noise.unbind()[1][0], a.T)
+
+
+def test_zero_audio_mask_keeps_audio_bit_for_bit(fusion, texts):
+    """SamplerCustom path (comfy.sample.sample_custom): audio mask 0 -> the audio latent comes back unchanged, and
+    the video is generated with that audio in view (clean, t = 0), so it differs from a joint generation."""
+    _, _, noise = _noise()
+    model = native.build_model_patcher(fusion, slg_layer=1)
+    positive, negative = _conds(texts)
+    audio_in = torch.randn(1, 20, L, generator=torch.Generator().manual_seed(3)) * 0.7
+    latent = comfy.nested_tensor.NestedTensor((torch.zeros(1, 48, F, H, W), audio_in.clone()))
+    mask = comfy.nested_tensor.NestedTensor((torch.ones(1, 1, F, H, W), torch.zeros(1, 1, L)))
+    sampler = comfy.samplers.sampler_object("euler")
+    sigmas = native.ovi_sigmas("euler", STEPS)
+
+    out = comfy.sample.sample_custom(model, noise, 4.0, sampler, sigmas, positive, negative, latent,
+                                     noise_mask=mask, disable_pbar=True, seed=SEED)
+    video, audio = out.unbind()
+    assert torch.equal(audio, audio_in)
+
+    joint = comfy.sample.sample_custom(model, noise, 4.0, sampler, sigmas, positive, negative,
+                                       native.empty_av_latent(F, H, W, L)["samples"], disable_pbar=True, seed=SEED)
+    assert torch.isfinite(video).all()
+    assert (video - joint.unbind()[0]).abs().max() > 1e-3  # the kept audio steered the video
+
+
+def test_zero_video_mask_keeps_video_bit_for_bit(fusion, texts):
+    _, _, noise = _noise()
+    model = native.build_model_patcher(fusion, slg_layer=1)
+    positive, negative = _conds(texts)
+    video_in = torch.randn(1, 48, F, H, W, generator=torch.Generator().manual_seed(4))
+    latent = comfy.nested_tensor.NestedTensor((video_in.clone(), torch.zeros(1, 20, L)))
+    mask = comfy.nested_tensor.NestedTensor((torch.zeros(1, 1, F, H, W), torch.ones(1, 1, L)))
+    out = comfy.sample.sample_custom(model, noise, 4.0, comfy.samplers.sampler_object("euler"),
+                                     native.ovi_sigmas("euler", STEPS), positive, negative, latent, noise_mask=mask,
+                                     disable_pbar=True, seed=SEED)
+    assert torch.equal(out.unbind()[0], video_in)
+    assert torch.isfinite(out.unbind()[1]).all()
+
+
+def test_first_frame_mask_is_ovi_image_to_video(fusion, texts):
+    """A video mask keeping latent frame 0 == sample_joint(first_frame_latent=...); frame 0 comes back bit for bit."""
+    v_noise, a_noise, noise = _noise()
+    first_raw = torch.randn(1, 48, 1, H, W, generator=torch.Generator().manual_seed(5)) * 0.5
+    ref_v, ref_a = _reference(fusion, texts, v_noise, a_noise, 4.0, 1, first=_to_model_space(first_raw))
+
+    model = native.build_model_patcher(fusion, slg_layer=1)
+    positive, negative = _conds(texts)
+    video_in = torch.cat([first_raw, torch.zeros(1, 48, F - 1, H, W)], dim=2)
+    latent = comfy.nested_tensor.NestedTensor((video_in, torch.zeros(1, 20, L)))
+    video_mask = torch.ones(1, 1, F, H, W)
+    video_mask[:, :, 0] = 0
+    mask = comfy.nested_tensor.NestedTensor((video_mask, torch.ones(1, 1, L)))
+    out = comfy.sample.sample_custom(model, noise, 4.0, comfy.samplers.sampler_object("euler"),
+                                     native.ovi_sigmas("euler", STEPS), positive, negative, latent, noise_mask=mask,
+                                     disable_pbar=True, seed=SEED)
+    video_raw, audio = out.unbind()
+    assert torch.equal(video_raw[:, :, :1], first_raw)
+    err_v = (_to_model_space(video_raw)[:, :, 1:] - ref_v[:, :, 1:]).abs().max().item()
+    err_a = (audio.transpose(1, 2) - ref_a).abs().max().item()
+    print(f"image-to-video by mask: max |comfy - ovi| video {err_v:.3g}, audio {err_a:.3g}")
+    assert err_v < TOL and err_a < TOL
+
+
+def test_fusion_forward_copy_equals_fusion_forward(fusion, texts):
+    """The per-modality forward (masked cases) is OviFusion.forward when both modalities share t."""
+    g = torch.Generator().manual_seed(6)
+    video, audio = torch.randn(2, 48, F, H, W, generator=g), torch.randn(2, L, 20, generator=g)
+    t = torch.tensor([900.0, 900.0])
+    text = fusion.prepare_text([texts.positive, texts.video_negative], [texts.positive, texts.audio_negative])
+    skip = torch.tensor([False, True])
+    for first in (False, True):
+        ref = fusion(video, audio, t, text=text, first_frame_is_clean=first, slg_layer=1, skip_mask=skip)
+        tv = torch.stack([t, torch.zeros_like(t)], 1) if first else t[:, None]
+        got = native._fusion_forward(fusion, video, audio, tv, int(first), t[:, None], 0, text, 1, skip)
+        assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+
+
+def test_model_sampling_sd3_sets_the_shift(fusion):
+    """Default shift 5.0 (Ovi); core ModelSamplingSD3 replaces it; timestep = 1000·σ."""
+    model = native.build_model_patcher(fusion)
+    ms = model.get_model_object("model_sampling")
+    assert ms.shift == 5.0 and ms.timestep(torch.tensor([0.5])).item() == 500.0
+    saved = sys.modules.get("nodes")
+    sys.modules["nodes"] = types.ModuleType("nodes")  # the node file imports ComfyUI's nodes.py only for a constant
+    try:
+        advanced = _load("comfy_nodes_model_advanced", COMFY_DIR / "comfy_extras" / "nodes_model_advanced.py")
+    finally:
+        if saved is None:
+            sys.modules.pop("nodes", None)
+        else:
+            sys.modules["nodes"] = saved
+    (patched,) = advanced.ModelSamplingSD3().patch(model, shift=3.0)
+    assert patched.get_model_object("model_sampling").shift == 3.0
+    assert model.get_model_object("model_sampling").shift == 5.0
+
+
+def test_state_dict_keys_are_checkpoint_keys(fusion):
+    """LoRA key maps: the MODEL's keys are 'diffusion_model.' + the checkpoint's keys."""
+    import comfy.lora
+
+    model = native.build_model_patcher(fusion)
+    keys = set(model.model.state_dict())
+    assert {"diffusion_model." + k for k in fusion.state_dict()} <= keys
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    assert key_map["diffusion_model.video_model.blocks.0.cross_attn.k_fusion"] == \
+        "diffusion_model.video_model.blocks.0.cross_attn.k_fusion.weight"
