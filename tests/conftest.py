@@ -37,3 +37,15 @@ def tiny_fusion(golden_dir):
     from ovi_core.conformance_cases.forward import tiny_model
 
     return tiny_model(golden_dir)
+
+
+@pytest.fixture(scope="session")
+def comfy_python() -> Path:
+    """The Python of a ComfyUI 0.8 CPU venv with the pack's requirements (tests/comfy_server.py builds it once with
+    the shared folder's make_venv.sh; skipped only when that folder is absent)."""
+    from tests import comfy_server
+
+    shared = comfy_server.shared_dir()
+    if not (shared / "make_venv.sh").is_file() or not (shared / "ComfyUI" / "main.py").is_file():
+        pytest.skip(f"no ComfyUI test folder at {shared} (make_venv.sh and ComfyUI/main.py; set OVI_COMFYUI_DIR)")
+    return comfy_server.prepare_venv(shared, comfy_server.venv_dir())

@@ -27,12 +27,8 @@ RAW_TYPES = ("TypeError", "ValueError", "OSError", "KeyError", "AttributeError",
 
 
 @pytest.fixture(scope="session")
-def comfy(tmp_path_factory):
-    shared = cs.shared_dir()
-    if not (shared / "make_venv.sh").is_file() or not (shared / "ComfyUI" / "main.py").is_file():
-        pytest.skip(f"no ComfyUI test tree at {shared} (make_venv.sh and ComfyUI/main.py; set OVI_COMFYUI_DIR)")
-    python = cs.prepare_venv(shared, cs.venv_dir())
-    server = cs.start_server(python, shared / "ComfyUI", tmp_path_factory.mktemp("comfy"))
+def comfy(comfy_python, tmp_path_factory):
+    server = cs.start_server(comfy_python, cs.shared_dir() / "ComfyUI", tmp_path_factory.mktemp("comfy"))
     try:
         yield server
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -506,14 +505,17 @@ print("OK")
 """
 
 
-@pytest.mark.skipif(not os.environ.get("OVI_COMFYUI_DIR"), reason="set OVI_COMFYUI_DIR to a ComfyUI checkout to run")
-def test_inside_a_real_comfyui():
-    """Opt-in: the nodes with ComfyUI's own model management, folders and VIDEO type (CPU). OVI_COMFYUI_DIR is the
-    ComfyUI folder; OVI_COMFYUI_PYTHON its Python (default <dir>/venv/bin/python)."""
-    comfy_dir = os.environ["OVI_COMFYUI_DIR"]
-    python = os.environ.get("OVI_COMFYUI_PYTHON", os.path.join(comfy_dir, "venv", "bin", "python"))
-    code = f"COMFY_DIR = {comfy_dir!r}\nPACK = {str(ROOT)!r}\n" + COMFY_SCRIPT
-    r = subprocess.run([python, "-c", code], cwd=comfy_dir, capture_output=True, text=True, timeout=600)
+def test_inside_a_real_comfyui(comfy_python, tmp_path):
+    """The nodes in-process with ComfyUI's own model management, folders and VIDEO type (CPU), in the ComfyUI venv
+    the server tests use (tests/comfy_server.py); the ComfyUI tree is copied first (the shared one is read-only)."""
+    import shutil
+
+    from tests import comfy_server as cs
+
+    comfy_dir = tmp_path / "ComfyUI"
+    shutil.copytree(cs.shared_dir() / "ComfyUI", comfy_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    code = f"COMFY_DIR = {str(comfy_dir)!r}\nPACK = {str(ROOT)!r}\n" + COMFY_SCRIPT
+    r = subprocess.run([str(comfy_python), "-c", code], cwd=comfy_dir, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout[-3000:] + r.stderr[-3000:]
 
 
