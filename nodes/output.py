@@ -125,11 +125,17 @@ class OviMux:
             raise OviInputError(problem)
         frames = _check_frames(images)
         wave, rate = _check_audio(audio)
-        path, file, subfolder = bridge.output_path(filename_prefix, frames.shape[2], frames.shape[1], "mp4")
         metadata = {"prompt": json.dumps(prompt)} if prompt is not None else {}
         metadata.update({k: json.dumps(v) for k, v in (extra_pnginfo or {}).items()})
         sound = aligned_audio(wave, rate, frames.shape[0], fps)  # the one place the length rule is applied
-        write_mp4(path, frames, fps=fps, audio=sound["waveform"][0], sample_rate=rate, metadata=metadata)
+        try:
+            path, file, subfolder = bridge.output_path(filename_prefix, frames.shape[2], frames.shape[1], "mp4")
+            write_mp4(path, frames, fps=fps, audio=sound["waveform"][0], sample_rate=rate, metadata=metadata)
+        except OSError as exc:  # a folder that cannot be made or written (a file in the way, permissions, disk full)
+            where = getattr(exc, "filename", None) or filename_prefix
+            raise OutputPathError(f"cannot write the mp4 for filename_prefix {filename_prefix!r} ({where}): "
+                                  f"{exc.strerror or exc}. Check that ComfyUI's output folder and the prefix's "
+                                  "subfolder are writable folders, or pick another prefix") from None
         video = bridge.make_video(path, frames, sound, fps)
         preview = {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
         return {"ui": preview, "result": (video,)}

@@ -274,6 +274,20 @@ def test_the_hostile_table_is_large_enough():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
 
 
+def test_a_prefix_folder_that_is_a_file_is_an_ovi_error_not_an_oserror(comfy):
+    (comfy.output_dir / "blocked").write_bytes(b"a file where the prefix wants a folder")
+    before = cs.files_under(comfy.output_dir)
+    prompt = copy.deepcopy(DEMO)
+    prompt[ID[M]]["inputs"]["filename_prefix"] = "blocked/clip"
+    status, answer = comfy.queue(prompt)
+    assert status == 200, answer
+    entry = comfy.wait(answer["prompt_id"])
+    (error,) = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert error["exception_type"] == "ovi_core.outpaths.OutputPathError", error
+    assert "cannot write the mp4 for filename_prefix 'blocked/clip'" in error["exception_message"]
+    assert cs.files_under(comfy.output_dir) == before
+
+
 def test_an_unknown_node_type_is_named(comfy):
     prompt = copy.deepcopy(DEMO)
     prompt["950"] = {"class_type": "OviDoesNotExist", "inputs": {}}

@@ -313,6 +313,13 @@ def test_sample_rate_as_a_number_decodes_like_the_text(demo):
     assert torch.equal(as_int["waveform"], as_text["waveform"])
 
 
+def test_mux_into_a_subfolder_that_is_a_file_says_so(out_dir):
+    (out_dir / "Ovi").write_bytes(b"in the way")
+    with pytest.raises(OutputPathError, match=r"cannot write the mp4 for filename_prefix 'Ovi/clip'.*writable folders"):
+        mux()
+    assert sorted(p.name for p in out_dir.rglob("*")) == ["Ovi"]
+
+
 def test_mux_with_a_refused_prefix_writes_nothing_and_a_good_one_keeps_comfys_counter(out_dir):
     with pytest.raises(OutputPathError):
         mux(filename_prefix=".hidden")
