@@ -52,6 +52,7 @@ DEFAULT_SHIFT = 5.0
 DEFAULT_SLG_LAYER = 11
 AUDIO_CONTEXT_KEY = "ovi_audio_context"  # optional CONDITIONING dict entry: the audio tower's own text states
 SLG_OPTION = "ovi_slg_layer"  # transformer_options entry overriding the model's skip layer (0 or -1 = off)
+TIMESTEP_OPTION = "ovi_timestep"  # transformer_options entry: the exact model timestep of this step (Ovi's solvers)
 WRAPPER_KEY = "ovi_native"
 
 
@@ -273,6 +274,9 @@ class OviAV(comfy.model_base.BaseModel):
         sigma = t
         xc = self.model_sampling.calculate_input(sigma, x).float()
         timestep = self.model_sampling.timestep(t).float()  # 1000·σ, as Ovi's euler path
+        exact = transformer_options.get(TIMESTEP_OPTION, None)
+        if exact is not None:  # Ovi's unipc / dpm++ feed int64(1000·σ) (ovi_sampler below sets it per step)
+            timestep = exact.reshape(1).to(x.device).expand(x.shape[0])
         latent_shapes = kwargs.get("latent_shapes", None)
         if latent_shapes is None or len(latent_shapes) != 2 or c_crossattn is None:
             raise OviInputError("Ovi needs the joint audio+video LATENT and a text CONDITIONING")
@@ -379,3 +383,49 @@ def ovi_sigmas(solver: str, steps: int, shift: float = DEFAULT_SHIFT) -> torch.T
     from ovi_core.schedulers import make_scheduler
 
     return make_scheduler(solver, steps, shift).sigmas.to(torch.float32).clone()
+
+
+class _OviSolverFunction:
+    """A core sampler function running one of Ovi's own solvers (ovi_core.schedulers) on the packed latent: exactly
+    Ovi's steps and model timesteps under any guider. Ovi's schedules only (``ovi_sigmas`` with the model's shift).
+
+    One scheduler serves both modalities: the solvers are elementwise and Ovi's two schedules are identical."""
+
+    def __init__(self, solver: str):
+        self.solver = solver
+
+    @torch.no_grad()
+    def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
+        from ovi_core.schedulers import make_scheduler
+
+        extra_args = {} if extra_args is None else extra_args
+        shift = float(model.inner_model.inner_model.model_sampling.shift)
+        steps = len(sigmas) - 1
+        sched = make_scheduler(self.solver, steps, shift)
+        if not torch.allclose(sched.sigmas.to(sigmas), sigmas, rtol=0, atol=1e-6):
+            raise OviInputError(f"Ovi's {self.solver} sampler runs on Ovi's {self.solver} σ list ({steps} steps, "
+                                f"shift {shift:g}: Ovi Scheduler); got other sigmas")
+        # Ovi starts from the plain noise even where σ_0 < 1 (unipc): undo core's noise scaling σ_0·ε + (1 − σ_0)·x0
+        latent = getattr(model, "latent_image", None)
+        s0 = sigmas[0]
+        x = (x - (1.0 - s0) * latent) / s0 if latent is not None and s0 < 1 else x
+        options = extra_args.setdefault("model_options", {}).setdefault("transformer_options", {})
+        s_in = x.new_ones([x.shape[0]])
+        try:
+            for i in range(steps):
+                options[TIMESTEP_OPTION] = sched.timesteps[i]
+                denoised = model(x, sigmas[i] * s_in, **extra_args)
+                if callback is not None:
+                    callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+                velocity = (x - denoised) / sigmas[i]
+                x = sched.step(velocity, x)
+        finally:
+            options.pop(TIMESTEP_OPTION, None)
+        return x
+
+
+def ovi_sampler(solver: str):
+    """A SAMPLER (for SamplerCustomAdvanced) running Ovi's exact ``solver`` (unipc / euler / dpm++)."""
+    import comfy.samplers
+
+    return comfy.samplers.KSAMPLER(_OviSolverFunction(solver))
