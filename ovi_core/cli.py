@@ -466,7 +466,10 @@ def read_entries(args) -> list[tuple[str, str, Path | None]]:
     check_text(args.video_negative, "the --video-negative text")
     check_text(args.audio_negative, "the --audio-negative text")
     if args.out is not None:
+        from ovi_core.outpaths import check_name_part
+
         check_text(str(args.out), "the --out path")
+        check_name_part(args.out.name, "--out file name")
         if args.out.suffix.lower() != ".mp4":
             raise OviInputError(f"--out must name an .mp4 file, got {args.out}")
         if args.out.is_dir():

@@ -144,15 +144,25 @@ def prepare_output(path, *, overwrite: bool = False, what: str = "output file") 
     path = Path(path)
     check_name_part(path.name, f"{what} name", reserve=len(PARTIAL_MARK) + 20)
     folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise OutputPathError(f"cannot write {path}: {folder} is a file, not a folder")
+    for part in folder.parts:  # a folder name too long for the file system fails every call below
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES:
+            raise OutputPathError(f"cannot write {what} {path.name}: the folder name {part[:40]!r}... is longer than "
+                                  f"the {MAX_COMPONENT_BYTES} bytes file systems allow; shorten it")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputPathError(f"cannot create the folder {folder} for the {what}: {_explain(exc)}") from None
-    if path.is_dir():
-        raise OutputPathError(f"{what} {path} is a folder; give a file name")
-    if path.exists() or path.is_symlink():
+        if folder.exists() and not folder.is_dir():
+            raise OutputPathError(f"cannot write {path}: {folder} is a file, not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputPathError(f"cannot create the folder {folder} for the {what}: {_explain(exc)}") from None
+        if path.is_dir():
+            raise OutputPathError(f"{what} {path} is a folder; give a file name")
+        exists = path.exists() or path.is_symlink()
+    except OutputPathError:
+        raise
+    except OSError as exc:  # e.g. a path too long in total, or a folder that cannot be searched
+        raise OutputPathError(f"cannot use {path} for the {what}: {_explain(exc)}") from None
+    if exists:
         if not overwrite:
             raise OutputPathError(f"{what} {path} exists already; pass --overwrite to replace it, or choose another "
                                   "name")
