@@ -10,10 +10,12 @@ temporary folder. Only the standard library talks to it (urllib).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -120,6 +122,10 @@ class ComfyServer:
         _, q = self.get("/queue")
         return q.get("queue_running", []) if isinstance(q, dict) else []
 
+    def websocket(self) -> WebSocket:
+        """ComfyUI's /ws for this client: 'executing', 'progress', 'execution_interrupted', ... messages."""
+        return WebSocket(self.base, self.client_id)
+
     def interrupt(self) -> None:
         self.request("POST", "/interrupt", {})
 
@@ -131,6 +137,67 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
+
+
+class WebSocket:
+    """A minimal client of ComfyUI's /ws (RFC 6455 text frames from the server; binary preview frames skipped)."""
+
+    def __init__(self, base: str, client_id: str, timeout: float = 30):
+        host, port = base.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ConnectionError("the server closed /ws during the handshake")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(f"/ws handshake refused: {head[:200]!r}")
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("/ws closed")
+            data += chunk
+        return data
+
+    def receive(self, timeout: float) -> dict:
+        """The next JSON message (waits at most ``timeout`` seconds)."""
+        self.sock.settimeout(timeout)
+        while True:
+            b0, b1 = self._read(2)
+            opcode, length = b0 & 0x0F, b1 & 0x7F
+            if length == 126:
+                length = struct.unpack(">H", self._read(2))[0]
+            elif length == 127:
+                length = struct.unpack(">Q", self._read(8))[0]
+            mask = self._read(4) if b1 & 0x80 else None
+            payload = self._read(length)
+            if mask:
+                payload = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+            if opcode == 1:
+                return json.loads(payload)
+            if opcode == 8:
+                raise ConnectionError("/ws closed by the server")
+
+    def wait_for(self, predicate, timeout: float) -> dict:
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no matching /ws message")
+            message = self.receive(left)
+            if predicate(message):
+                return message
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def start_server(python: Path, comfy_tree: Path, root: Path, startup_timeout: float = 240) -> ComfyServer:
