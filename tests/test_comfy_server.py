@@ -290,6 +290,32 @@ def test_a_prefix_folder_that_is_a_file_is_an_ovi_error_not_an_oserror(comfy):
     assert cs.files_under(comfy.output_dir) == before
 
 
+GARBAGE = b"<html>404 Not Found</html>" * 40  # what a failed download often leaves
+LOADER_FILES = [  # (loader, input, models folder, file name, key words)
+    ("OviModelLoader", "model_name", "ovi", "model.safetensors", ["model.safetensors", "not a safetensors"]),
+    ("OviTextEncoderLoader", "text_encoder_name", "text_encoders", "umt5_xxl_fp16.safetensors",
+     ["umt5_xxl_fp16.safetensors", "not a safetensors"]),
+    ("OviVideoVAELoader", "vae_name", "vae", "Wan2.2_VAE.pth", ["Wan2.2_VAE.pth", "download it again"]),
+]
+
+
+@pytest.mark.parametrize("loader, name, folder, file, words", LOADER_FILES, ids=[f[0] for f in LOADER_FILES])
+def test_a_file_that_is_not_weights_is_named_by_the_loader(comfy, loader, name, folder, file, words):
+    models = comfy.root / "ComfyUI" / "models" / folder
+    models.mkdir(parents=True, exist_ok=True)
+    (models / file).write_bytes(GARBAGE)
+    before = cs.files_under(comfy.output_dir)
+    prompt = copy.deepcopy(DEMO)
+    prompt[ID[loader]]["inputs"][name] = file
+    status, answer = comfy.queue(prompt)
+    assert status == 200, answer  # the file is listed: ComfyUI accepts the choice, the loader refuses the file
+    entry = comfy.wait(answer["prompt_id"])
+    (error,) = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert error["node_type"] == loader and error["exception_type"] == "ovi_core.errors.WrongFileError", error
+    assert all(w in error["exception_message"] for w in words), error["exception_message"]
+    assert cs.files_under(comfy.output_dir) == before
+
+
 def test_an_unknown_node_type_is_named(comfy):
     prompt = copy.deepcopy(DEMO)
     prompt["950"] = {"class_type": "OviDoesNotExist", "inputs": {}}

@@ -249,6 +249,20 @@ FILE_CASES = [
      WrongFileError, ["not found", "models/mmaudio"]),
 ]
 
+GARBAGE = b"<html>404 Not Found</html>" * 40  # what a failed download often leaves
+FILE_CASES += [
+    ("model_file_not_weights", lambda: run("OviModelLoader", model_name="model.safetensors", variant="auto",
+                                           weight_dtype="auto", attention="sdpa", memory_mode="all on GPU",
+                                           swap_blocks=0), WrongFileError, ["model.safetensors", "not a safetensors"]),
+    ("text_encoder_file_not_weights", lambda: run("OviTextEncoderLoader", text_encoder_name="umt5_xxl_fp16.safetensors",
+                                                  precision="auto"), WrongFileError,
+     ["umt5_xxl_fp16.safetensors", "not a safetensors"]),
+    ("video_vae_file_not_weights", lambda: run("OviVideoVAELoader", vae_name="Wan2.2_VAE.pth", precision="auto"),
+     WrongFileError, ["Wan2.2_VAE.pth", "not a weights file", "download it again"]),
+    ("audio_vae_file_not_weights", lambda: run("OviAudioVAELoader", vae_name="v1-16.pth", vocoder_name="best_netG.pt"),
+     WrongFileError, ["v1-16.pth", "download it again"]),
+]
+
 
 def _check(outcome, kind, words):
     if kind == MSG:
@@ -277,6 +291,9 @@ def test_hostile_node_input(demo, out_dir, name, call, kind, words):
 
 @pytest.mark.parametrize("name, call, kind, words", FILE_CASES, ids=[c[0] for c in FILE_CASES])
 def test_hostile_loader_file(model_dir, out_dir, name, call, kind, words):
+    for kind_dir, file in (("ovi", "model.safetensors"), ("text_encoders", "umt5_xxl_fp16.safetensors"),
+                           ("vae", "Wan2.2_VAE.pth"), ("mmaudio", "v1-16.pth"), ("mmaudio", "best_netG.pt")):
+        (model_dir / kind_dir / file).write_bytes(GARBAGE)
     _check(_outcome(call), kind, words)
     assert [p for p in out_dir.rglob("*")] == []
 
