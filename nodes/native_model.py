@@ -39,6 +39,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.nested_tensor
 import comfy.patcher_extension
+import comfy.samplers
 import comfy.supported_models_base
 import comfy.utils
 from ovi_core import interrupt
@@ -426,6 +427,29 @@ class _OviSolverFunction:
 
 def ovi_sampler(solver: str):
     """A SAMPLER (for SamplerCustomAdvanced) running Ovi's exact ``solver`` (unipc / euler / dpm++)."""
-    import comfy.samplers
-
     return comfy.samplers.KSAMPLER(_OviSolverFunction(solver))
+
+
+# ---- guidance ------------------------------------------------------------------------------------------------------
+class OviGuider(comfy.samplers.CFGGuider):
+    """Ovi's guidance as a core GUIDER: one positive and one negative pass per step, batched (the negative pass
+    gives the video tower the video negative and the audio tower the audio negative, and skips the model's SLG
+    block), then ``neg + cfg·(pos − neg)`` with its own cfg per modality, on the denoised estimates."""
+
+    def __init__(self, model_patcher, video_cfg: float = 4.0, audio_cfg: float = 3.0):
+        super().__init__(model_patcher)
+        self.video_cfg, self.audio_cfg = float(video_cfg), float(audio_cfg)
+
+    def set_conds(self, positive, video_negative, audio_negative):
+        """CONDITIONING lists; the audio negative's states ride in the video negative's entries."""
+        audio = audio_negative[0][0]
+        negative = [[c[0], {**c[1], AUDIO_CONTEXT_KEY: audio}] for c in video_negative]
+        self.inner_set_conds({"positive": positive, "negative": negative})
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (core's signature)
+        pos, neg = comfy.samplers.calc_cond_batch(self.inner_model, [self.conds["positive"], self.conds["negative"]],
+                                                  x, timestep, model_options)
+        shapes = self.inner_model.latent_shapes
+        (pv, pa), (nv, na) = comfy.utils.unpack_latents(pos, shapes), comfy.utils.unpack_latents(neg, shapes)
+        guided = [nv + self.video_cfg * (pv - nv), na + self.audio_cfg * (pa - na)]
+        return comfy.utils.pack_latents(guided)[0]

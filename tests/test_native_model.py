@@ -137,6 +137,29 @@ def test_ovi_sampler_equals_ovi_solver(fusion, texts, solver):
     assert err_v < TOL and err_a < TOL
 
 
+@pytest.mark.parametrize("solver, sampler_name", [("unipc", None), ("euler", "euler")])
+def test_ovi_guider_equals_pack_sampler_defaults(fusion, texts, solver, sampler_name):
+    """SamplerCustomAdvanced's call (guider.sample) with Ovi Guider (video cfg 4, audio cfg 3, SLG), Ovi's noise
+    for the seed, Ovi's σ list and Ovi's solver (or core euler) == sample_joint with Ovi's default settings."""
+    ref_v, ref_a = sample_joint(fusion, texts, video_shape=(48, F, H, W), audio_shape=(L, 20), seed=SEED,
+                                solver=solver, steps=STEPS, shift=5.0, video_guidance=4.0, audio_guidance=3.0,
+                                slg_layer=1)
+    model = native.build_model_patcher(fusion, slg_layer=1)
+    guider = native.OviGuider(model, video_cfg=4.0, audio_cfg=3.0)
+    guider.set_conds([[texts.positive[None], {}]], [[texts.video_negative[None], {}]],
+                     [[texts.audio_negative[None], {}]])
+    latent = native.empty_av_latent(F, H, W, L)
+    sampler = native.ovi_sampler(solver) if sampler_name is None else comfy.samplers.sampler_object(sampler_name)
+    out = guider.sample(native.OviNoise(SEED).generate_noise(latent), latent["samples"], sampler,
+                        native.ovi_sigmas(solver, STEPS), disable_pbar=True, seed=SEED)
+    video_raw, audio = out.unbind()
+    err_v = (_to_model_space(video_raw) - ref_v).abs().max().item()
+    err_a = (audio.transpose(1, 2) - ref_a).abs().max().item()
+    print(f"Ovi Guider 4/3 + {sampler_name or 'ovi_sampler'}({solver}): max |comfy - ovi| video {err_v:.3g}, "
+          f"audio {err_a:.3g}")
+    assert err_v < TOL and err_a < TOL
+
+
 def test_ovi_noise_is_make_noise():
     latent = native.empty_av_latent(F, H, W, L)
     noise = native.OviNoise(SEED).generate_noise(latent)
