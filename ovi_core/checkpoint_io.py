@@ -35,11 +35,10 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict]:
         if len(head) < 8:
             raise WrongFileError(f"{path.name} is empty or not a safetensors file ({size} bytes)")
         (n,) = struct.unpack("<Q", head)
-        if size - 8 < n <= 100 * 2**20 and f.read(1) == b"{":
-            raise WrongFileError(f"{path.name} is truncated: its header alone needs {8 + n:,} bytes but the file has "
-                                 f"{size:,}; the download did not finish — download it again")
-        f.seek(8)
         if n > min(size - 8, 100 * 2**20):
+            if size - 8 < n <= 100 * 2**20 and f.read(1) == b"{":
+                raise WrongFileError(f"{path.name} is truncated: its header alone needs {8 + n:,} bytes but the file "
+                                     f"has {size:,}; the download did not finish — download it again")
             raise WrongFileError(f"{path.name} is not a safetensors file (its first bytes are not a safetensors header)")
         try:
             header = json.loads(f.read(n))

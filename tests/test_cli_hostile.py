@@ -594,3 +594,21 @@ def test_a_file_that_appears_during_the_run_is_kept_and_the_run_says_so(tmp_path
     err = capsys.readouterr().err
     assert "appeared while this clip was being written" in err and "Traceback" not in err
     assert (tmp_path / "clip.mp4").read_bytes() == b"the other run's clip" and leftovers(tmp_path) == []
+
+
+def test_a_missing_attention_backend_is_named_once_with_the_fallback(weights, tmp_path, monkeypatch, capsys):
+    from ovi_core import attention
+    from ovi_core.pipeline import _Part
+
+    monkeypatch.setattr(attention, "_warned", set())
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name: None)  # neither flash-attn nor sage
+    monkeypatch.setattr(_Part, "get", lambda self: (_ for _ in ()).throw(ModelLoaded(self.label)))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoaded):  # it got as far as loading: every check before passed
+        cli.main(["generate", "-p", P, "--ckpt-dir", str(weights), "--attention", "sage", "--device", "cpu", "--slg-layer", "1",
+                  "--out", "x.mp4"])
+    attention.resolve_backend("sage", "cpu")  # the loader asks again: no second warning
+    err = capsys.readouterr().err
+    assert err.count("attention backend sage unavailable") == 1
+    assert "pip install sageattention" in err and "using PyTorch SDPA" in err
+    assert leftovers(tmp_path) == [] and not (tmp_path / "x.mp4").exists()

@@ -163,3 +163,113 @@ def test_a_non_ovi_file_in_the_comfy_folder_is_named_in_the_error(tmp_path):
     save_file({"blocks.0.self_attn.q.weight": torch.zeros(2, 2)}, str(tmp_path / "diffusion_models" / "Wan_2_2_Ovi_video.safetensors"))
     with pytest.raises(MissingWeightsError, match="Wan_2_2_Ovi_video.safetensors"):
         find_in_comfy_models(tmp_path)
+
+
+# ---- start images in every pixel format ------------------------------------------------------------------------
+def _png16(path, rgb16: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG, written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+_RAMP = np.linspace(0.0, 1.0, 24 * 32).reshape(24, 32)  # every picture below is this ramp (grey) or a colour of it
+
+
+def _write(kind: str, path):
+    """(file written as ``kind``, the RGB 0..1 it must read as, tolerance)."""
+    from PIL import Image
+
+    grey8 = np.round(_RAMP * 255).astype(np.uint8)
+    grey = np.repeat((grey8 / 255.0)[..., None], 3, axis=2)
+    colour8 = np.stack([grey8, 255 - grey8, np.full_like(grey8, 64)], axis=-1)
+    colour = colour8 / 255.0
+    if kind == "rgb8":
+        Image.fromarray(colour8).save(path)
+        return colour, 0
+    if kind == "rgba8":
+        Image.fromarray(np.dstack([colour8, np.full_like(grey8, 10)])).save(path)  # nearly transparent: colours kept
+        return colour, 0
+    if kind == "grey8":
+        Image.fromarray(grey8).save(path)
+        return grey, 0
+    if kind == "grey_alpha":
+        Image.fromarray(np.dstack([grey8, 255 - grey8]), mode="LA").save(path)
+        return grey, 0
+    if kind == "palette":
+        Image.fromarray(colour8).quantize(256, dither=Image.Dither.NONE).save(path)
+        return colour, 6 / 255  # 256 palette colours for 768 pixels: close, not exact
+    if kind == "bilevel":
+        Image.fromarray(grey8 > 127).save(path)
+        return np.repeat((grey8 > 127)[..., None], 3, axis=2).astype(np.float64), 0
+    if kind == "grey16":
+        g16 = np.round(_RAMP * 65535).astype(np.uint16)
+        Image.fromarray(g16).save(path)  # mode I;16
+        return np.repeat((g16 / 65535.0)[..., None], 3, axis=2), 1e-6
+    if kind == "rgb16":
+        c16 = np.stack([np.round(_RAMP * 65535), np.round((1 - _RAMP) * 65535), np.full_like(_RAMP, 16448)],
+                       -1).astype(np.uint16)
+        _png16(path, c16)
+        return c16 / 65535.0, 1 / 255  # Pillow keeps the high byte of each sample
+    if kind == "grey32_int_tiff":
+        g16 = np.round(_RAMP * 65535).astype(np.int32)
+        Image.fromarray(g16, mode="I").save(path)
+        return np.repeat((g16 / 65535.0)[..., None], 3, axis=2), 1e-6
+    if kind == "float_tiff":
+        Image.fromarray(_RAMP.astype(np.float32), mode="F").save(path)
+        return np.repeat(_RAMP[..., None], 3, axis=2), 1e-6
+    if kind == "float_tiff_out_of_range":
+        Image.fromarray((_RAMP * 3 - 1).astype(np.float32), mode="F").save(path)
+        return np.repeat(np.clip(_RAMP * 3 - 1, 0, 1)[..., None], 3, axis=2), 1e-6
+    if kind == "cmyk_jpeg":
+        Image.fromarray(colour8).convert("CMYK").save(path, quality=100)
+        return colour, 12 / 255  # JPEG
+    raise AssertionError(kind)
+
+
+IMAGE_KINDS = {"rgb8": "png", "rgba8": "png", "grey8": "png", "grey_alpha": "png", "palette": "png", "bilevel": "png",
+               "grey16": "png", "rgb16": "png", "grey32_int_tiff": "tiff", "float_tiff": "tiff",
+               "float_tiff_out_of_range": "tiff", "cmyk_jpeg": "jpg"}
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_every_pixel_format_reads_as_rgb_in_0_to_1(tmp_path, kind):
+    from ovi_core.images import read_image
+    from ovi_core.pipeline import load_image
+
+    path = tmp_path / f"{kind}.{IMAGE_KINDS[kind]}"
+    expected, tol = _write(kind, path)
+    rgb = read_image(path)
+    assert rgb.shape == (24, 32, 3) and rgb.dtype == np.float32
+    assert np.abs(rgb - expected).max() <= tol + 1e-6
+    x = load_image(path)  # what the pipeline uses: [3, H, W]
+    assert x.shape == (3, 24, 32) and torch.allclose(x, torch.from_numpy(rgb).permute(2, 0, 1))
+
+
+def test_a_16_bit_png_is_not_a_white_frame(tmp_path):
+    """The bug this guards against: Pillow's convert('RGB') clips 16-bit grey to 255."""
+    from PIL import Image
+
+    from ovi_core.pipeline import preprocess_first_frame
+
+    Image.fromarray(np.full((64, 64), 1000, np.uint16)).save(tmp_path / "dark16.png")  # 1000/65535: nearly black
+    frame = preprocess_first_frame(tmp_path / "dark16.png", 64 * 64)  # in -1..1
+    assert frame.shape == (1, 3, 1, 64, 64)
+    assert torch.allclose(frame, torch.full_like(frame, 1000 / 65535 * 2 - 1), atol=1e-5)
+
+
+def test_arrays_of_16_bit_samples_are_scaled():
+    from ovi_core.pipeline import load_image
+
+    x = load_image(np.full((4, 4, 3), 65535, np.uint16))
+    assert torch.allclose(x, torch.ones(3, 4, 4))
+    with pytest.raises(OviInputError, match="NaN"):
+        load_image(np.full((4, 4, 3), np.nan, np.float32))
