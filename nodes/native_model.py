@@ -210,7 +210,7 @@ class OviAV(comfy.model_base.BaseModel):
         super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
         self.diffusion_model = fusion
         self.slg_layer = slg_layer
-        self.latent_shapes = None  # set for the duration of one sampling by the OUTER_SAMPLE wrapper
+        self.latent_shapes = None  # the packed latent's parts, set by the OUTER_SAMPLE wrapper at each sampling
         self.text_cache = _TextCache()
         self.memory_usage_factor_conds = ()
 
@@ -323,15 +323,15 @@ class OviAV(comfy.model_base.BaseModel):
 
 def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
                           disable_pbar=False, seed=None, latent_shapes=None):
-    """Around CFGGuider.outer_sample: give the model the latent shapes (process_latent_in/out, memory estimate),
-    drop the text cache afterwards, and return the kept (mask 0) elements exactly as they came in."""
+    """Around CFGGuider.outer_sample: give the model the latent shapes (process_latent_in/out, memory estimate;
+    they stay set afterwards: SamplerCustomAdvanced calls process_latent_out on the packed x0 after sampling), drop
+    the text cache afterwards, and return the kept (mask 0) elements exactly as they came in."""
     model = executor.class_obj.model_patcher.model
     model.latent_shapes = latent_shapes
     try:
         out = executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
                        latent_shapes=latent_shapes)
     finally:
-        model.latent_shapes = None
         model.text_cache.clear()
     if denoise_mask is not None:
         keep = denoise_mask.to(out.device) == 0

@@ -160,6 +160,67 @@ def test_ovi_guider_equals_pack_sampler_defaults(fusion, texts, solver, sampler_
     assert err_v < TOL and err_a < TOL
 
 
+@pytest.fixture(scope="module")
+def core_nodes():
+    """ComfyUI's nodes.py (KSampler, KSamplerAdvanced) and the V3 node files SamplerCustomAdvanced and the A/V latent
+    nodes live in; ComfyUI's ``nodes`` module is installed under its name only while they import."""
+    saved = sys.modules.get("nodes")
+    try:
+        comfy_nodes = _load("nodes", COMFY_DIR / "nodes.py")
+        sys.modules["nodes"] = comfy_nodes
+        custom = _load("comfy_nodes_custom_sampler", COMFY_DIR / "comfy_extras" / "nodes_custom_sampler.py")
+        lt = _load("comfy_nodes_lt", COMFY_DIR / "comfy_extras" / "nodes_lt.py")
+    finally:
+        if saved is None:
+            sys.modules.pop("nodes", None)
+        else:
+            sys.modules["nodes"] = saved
+    return types.SimpleNamespace(nodes=comfy_nodes, custom=custom, lt=lt)
+
+
+def _result(output):
+    return output.result if hasattr(output, "result") else output
+
+
+def test_core_nodes_run_the_ovi_model(fusion, texts, core_nodes):
+    """Core KSampler / KSamplerAdvanced nodes (euler, 'normal' scheduler, cfg 4) on the MODEL and the joint LATENT;
+    SamplerCustomAdvanced + Ovi Guider + Ovi unipc == the pack's defaults; LTXVSeparateAVLatent splits the result.
+    Core 'normal' at shift 5 is Ovi's euler σ list to 1 float32 ulp, so KSampler(euler, normal) is Ovi's euler to
+    a few 1e-5 on the random demo model (measured 5.7e-5 at 4 steps, 2.0e-5 at 8; Ovi's exact σ list gives < 5e-6,
+    test_ksampler_euler_equals_ovi_euler)."""
+    model = native.build_model_patcher(fusion, slg_layer=1)
+    positive, negative = _conds(texts)
+    latent = native.empty_av_latent(F, H, W, L)
+
+    (out,) = core_nodes.nodes.KSampler().sample(model, SEED, STEPS, 4.0, "euler", "normal", positive, negative, latent)
+    video_raw, audio = out["samples"].unbind()
+    noise = comfy.sample.prepare_noise(latent["samples"], SEED).unbind()  # what the node drew
+    ref_v, ref_a = sample_joint(fusion, texts, video_noise=noise[0][0], audio_noise=noise[1][0].T, solver="euler",
+                                steps=STEPS, shift=5.0, video_guidance=4.0, audio_guidance=4.0, slg_layer=1)
+    err_v = (_to_model_space(video_raw) - ref_v).abs().max().item()
+    err_a = (audio.transpose(1, 2) - ref_a).abs().max().item()
+    print(f"KSampler node (euler, normal, cfg 4): max |comfy - ovi| video {err_v:.3g}, audio {err_a:.3g}")
+    assert err_v < 1e-4 and err_a < 1e-4
+    (adv,) = core_nodes.nodes.KSamplerAdvanced().sample(model, "enable", SEED, STEPS, 4.0, "euler", "normal", positive,
+                                                        negative, latent, 0, 10000, "disable")
+    assert all(torch.equal(x, y) for x, y in zip(adv["samples"].unbind(), out["samples"].unbind()))
+
+    guider = native.OviGuider(model, 4.0, 3.0)
+    guider.set_conds(positive, [[texts.video_negative[None], {}]], [[texts.audio_negative[None], {}]])
+    result = _result(core_nodes.custom.SamplerCustomAdvanced.execute(
+        native.OviNoise(SEED), guider, native.ovi_sampler("unipc"), native.ovi_sigmas("unipc", STEPS), latent))
+    ref_v, ref_a = sample_joint(fusion, texts, video_shape=(48, F, H, W), audio_shape=(L, 20), seed=SEED,
+                                solver="unipc", steps=STEPS, shift=5.0, video_guidance=4.0, audio_guidance=3.0,
+                                slg_layer=1)
+    video_raw, audio = result[0]["samples"].unbind()
+    assert (_to_model_space(video_raw) - ref_v).abs().max() < TOL
+    assert (audio.transpose(1, 2) - ref_a).abs().max() < TOL
+    assert result[1]["samples"].is_nested  # the denoised output too
+
+    video_latent, audio_latent = _result(core_nodes.lt.LTXVSeparateAVLatent.execute(result[0]))
+    assert torch.equal(video_latent["samples"], video_raw) and torch.equal(audio_latent["samples"], audio)
+
+
 def test_ovi_noise_is_make_noise():
     latent = native.empty_av_latent(F, H, W, L)
     noise = native.OviNoise(SEED).generate_noise(latent)
