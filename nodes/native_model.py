@@ -121,7 +121,8 @@ def _mask_timesteps(mask: torch.Tensor | None, t: torch.Tensor, name: str) -> tu
             f"{'frames' if name == 'video' else 'steps'} (mask 0) and generates all the others with one strength; "
             f"got per-unit values {m[0].tolist()}"
         )
-    tc = t * c[:, 0].to(t)
+    c = c[:, 0]
+    tc = t if bool(torch.all(c == 1)) else t.float() * c.float()  # t may be Ovi's int64 timestep (ovi_sampler)
     if k == 0:
         return tc[:, None], 0
     return torch.stack([tc, torch.zeros_like(tc)], dim=1), k
