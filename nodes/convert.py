@@ -167,7 +167,11 @@ def conditioning_to_states(conditioning, socket: str) -> torch.Tensor:
     rows are dropped here (the model pads back to 512 with zeros). Longer prompts are cut to 512 tokens."""
     if not isinstance(conditioning, list) or not conditioning or not isinstance(conditioning[0], (list, tuple)) \
             or not isinstance(conditioning[0][0], torch.Tensor):
-        raise OviInputError(f"{socket} must be a CONDITIONING from CLIPTextEncode, got {type(conditioning).__name__}")
+        got = type(conditioning).__name__
+        if isinstance(conditioning, list):
+            got = ("an empty list" if not conditioning else
+                   f"a list of {type(conditioning[0]).__name__} (a CONDITIONING is a list of [tensor, dict] pairs)")
+        raise OviInputError(f"{socket} must be a CONDITIONING from CLIPTextEncode, got {got}")
     if len(conditioning) > 1:
         log.warning("%s holds %d conditionings (combined or scheduled); Ovi uses the first one", socket,
                     len(conditioning))

@@ -41,7 +41,11 @@ def _check_audio(audio) -> tuple[torch.Tensor, int]:
     if wave.shape[0] != 1:
         raise OviInputError(f"audio holds a batch of {wave.shape[0]} sounds; one clip takes one. Join them first "
                             "(core's AudioConcat) or decode a single clip")
-    return wave[0].float().cpu(), int(audio["sample_rate"])
+    rate = audio["sample_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or int(rate) < 1 \
+            or rate != int(rate):
+        raise OviInputError(f"audio sample_rate must be a positive whole number of Hz (e.g. 16000), got {rate!r}")
+    return wave[0].float().cpu(), int(rate)
 
 
 # What ComfyUI appends to the prefix ("_00001_.mp4") plus what the temporary name adds while writing.
