@@ -14,10 +14,11 @@ Reported per shape (each in its own process, so the peak memory is that shape's)
             baddbmm — what Linear and matmul run), attention (scaled_dot_product_attention's CPU kernel) and the
             audio tower's convolutions (its patch embedding is a real k=7 convolution, GEMM work); the rest is
             element-wise work, copies, casts and Python. torch.profiler self time / profiled wall time.
-  floor ms  the same kernels with the same shapes and strides, recorded from a step and replayed alone on fresh
+  floor ms  (wall and CPU) the same kernels with the same shapes and strides, recorded from a step and replayed alone on fresh
             tensors (the best this step could do on this machine with these kernels)
   peak MB   peak RSS during the steps (VmHWM reset after the model is built) minus the RSS before them, and the
             process's whole peak (ru_maxrss: model + text cache + step)
+cpu/floor compares CPU times (with one thread, CPU time is what an idle machine's wall time would be).
 Timings: the minimum over --repeats (the least disturbed sample on a shared machine); the share comes from the
 profiler and is much less sensitive to other processes.
 """
@@ -118,7 +119,8 @@ def record_kernels(step):
     return calls
 
 
-def replay_seconds(calls, repeats: int) -> float:
+def replay_seconds(calls, repeats: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the fastest replay."""
     import torch
 
     cache = {}
@@ -134,14 +136,14 @@ def replay_seconds(calls, repeats: int) -> float:
         return s
 
     prepared = [(f, make(args), {k: make(v) for k, v in kw.items()}) for f, args, kw in calls]
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     with torch.no_grad():
         for _ in range(repeats + 1):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for f, args, kw in prepared:
                 f(*args, **kw)
-            best = min(best, time.perf_counter() - start)
-    return best
+            best, best_cpu = min(best, time.perf_counter() - start), min(best_cpu, time.process_time() - cpu)
+    return best, best_cpu
 
 
 def profile_share(step) -> dict:
@@ -178,11 +180,11 @@ def run_shape(shape: str, threads: int, repeats: int, dtype_name: str) -> dict:
             cpus.append(time.process_time() - c0)
         step_peak = (_status_mb("VmHWM") - rss_before) if reset else float("nan")
         prof = min((profile_share(step) for _ in range(2)), key=lambda p: p["profiled_wall"])
-        floor = replay_seconds(record_kernels(step), repeats)
+        floor, floor_cpu = replay_seconds(record_kernels(step), repeats)
     best = min(range(repeats), key=lambda i: walls[i])
     return {"shape": shape, "dim": cfg.video.dim, "layers": cfg.num_layers, "tokens": tokens, "threads": threads,
             "dtype": dtype_name, "step_ms": 1000 * walls[best], "cpu_ms": 1000 * min(cpus),
-            "floor_ms": 1000 * floor, **prof, "step_peak_mb": step_peak,
+            "floor_ms": 1000 * floor, "floor_cpu_ms": 1000 * floor_cpu, **prof, "step_peak_mb": step_peak,
             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20}
 
@@ -210,13 +212,13 @@ def main(argv=None) -> int:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{os.cpu_count()} CPUs on this machine, {args.threads} torch thread(s), {args.dtype}, min of {args.repeats}")
     print(f"{'shape':<6} {'dim':>5} {'layers':>6} {'video+audio tok':>15} {'step ms':>9} {'cpu ms':>9} "
-          f"{'share':>6} {'(mm':>5} {'attn':>5} {'conv)':>5} {'floor ms':>9} {'step/floor':>10} "
+          f"{'share':>6} {'(mm':>5} {'attn':>5} {'conv)':>5} {'floor ms':>9} {'floor cpu':>9} {'cpu/floor':>9} "
           f"{'step peak MB':>12} {'maxrss MB':>10} {'weights MB':>10}")
     for r in rows:
         print(f"{r['shape']:<6} {r['dim']:>5} {r['layers']:>6} {r['tokens'][0]:>9}+{r['tokens'][1]:<5} "
               f"{r['step_ms']:9.1f} {r['cpu_ms']:9.1f} {100 * r['share']:5.1f}% {100 * r['mm']:5.1f} "
-              f"{100 * r['attention']:5.1f} {100 * r['conv']:5.1f} {r['floor_ms']:9.1f} "
-              f"{r['step_ms'] / r['floor_ms']:10.2f} {r['step_peak_mb']:12.0f} {r['maxrss_mb']:10.0f} "
+              f"{100 * r['attention']:5.1f} {100 * r['conv']:5.1f} {r['floor_ms']:9.1f} {r['floor_cpu_ms']:9.1f} "
+              f"{r['cpu_ms'] / r['floor_cpu_ms']:9.2f} {r['step_peak_mb']:12.0f} {r['maxrss_mb']:10.0f} "
               f"{r['weights_mb']:10.0f}")
         if args.top:
             print("        largest other ops: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["top_others"]))
