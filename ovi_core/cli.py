@@ -361,11 +361,11 @@ def check_text(text: str, what: str) -> str:
 
 def _decode_file(path: Path, what: str) -> str:
     """The text of a UTF-8 file (BOM allowed); OviInputError naming the file, line and byte offset otherwise."""
-    if path.is_dir():
-        raise OviInputError(f"{what} {path} is a folder; give a .txt, .csv or .tsv file")
-    if not path.is_file():
-        raise OviInputError(f"{what} {path} does not exist")
     try:
+        if path.is_dir():
+            raise OviInputError(f"{what} {path} is a folder; give a .txt, .csv or .tsv file")
+        if not path.is_file():
+            raise OviInputError(f"{what} {path} does not exist")
         size = path.stat().st_size
         if size > MAX_PROMPTS_FILE_BYTES:
             raise OviInputError(f"{what} {path} is {size:,} bytes; a prompts file holds text, at most "
@@ -471,9 +471,7 @@ def read_entries(args) -> list[tuple[str, str, Path | None]]:
         check_text(str(args.out), "the --out path")
         check_name_part(args.out.name, "--out file name")
         if args.out.suffix.lower() != ".mp4":
-            raise OviInputError(f"--out must name an .mp4 file, got {args.out}")
-        if args.out.is_dir():
-            raise OviInputError(f"--out {args.out} is a folder; give a file name ending in .mp4")
+            raise OviInputError(f"--out must name an .mp4 file, got {args.out}")  # a folder: prepare_outputs says so
     check_text(str(args.out_dir), "the --out-dir path")
 
     from ovi_core.images import read_image
@@ -852,4 +850,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m ovi_core") -> int
 def console_main() -> None:
     """The ``ovi`` console script and ``python -m ovi_core``."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    sys.exit(main(prog="ovi" if name in ("ovi", "ovi.exe") else "python -m ovi_core"))
+    code = main(prog="ovi" if name in ("ovi", "ovi.exe") else "python -m ovi_core")
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        # Stopped on request: every file is closed and cleaned up already. End now instead of waiting for the
+        # interpreter to finalise torch's and transformers' modules, which took 1-2 s on a busy machine.
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)

@@ -63,10 +63,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if path.is_dir():
-        raise OviInputError(f"image {path} is a folder; give an image file (.png, .jpg, .webp, ...)")
-    if not path.is_file():
-        raise OviInputError(f"image file {path} does not exist")
+    try:
+        if path.is_dir():
+            raise OviInputError(f"image {path} is a folder; give an image file (.png, .jpg, .webp, ...)")
+        if not path.is_file():
+            raise OviInputError(f"image file {path} does not exist")
+    except OSError as exc:  # a path too long, a folder that cannot be searched, ...
+        raise OviInputError(f"cannot open the image {str(path)[:120]}: {exc.strerror or exc}") from None
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file fails here
