@@ -13,7 +13,8 @@ Reported per shape (each in its own process, so the peak memory is that shape's)
   share     the part of a profiled step spent inside the kernels the model needs: matmuls (aten::mm, addmm, bmm,
             baddbmm — what Linear and matmul run), attention (scaled_dot_product_attention's CPU kernel) and the
             audio tower's convolutions (its patch embedding is a real k=7 convolution, GEMM work); the rest is
-            element-wise work, copies, casts and Python. torch.profiler self time / profiled wall time.
+            element-wise work, copies, casts and Python. torch.profiler time of those ops (with what they call
+            themselves: addmm first copies its bias into the output) / profiled wall time.
   floor ms  (wall and CPU) the same kernels with the same shapes and strides, recorded from a step and replayed alone on fresh
             tensors (the best this step could do on this machine with these kernels)
   peak MB   peak RSS during the steps (VmHWM reset after the model is built) minus the RSS before them, and the
@@ -154,10 +155,12 @@ def profile_share(step) -> dict:
         start = time.perf_counter()
         step()
         wall = time.perf_counter() - start
-    by = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
-    mm = sum(by.get(k, 0.0) for k in MATMUL_OPS)
-    att = sum(by.get(k, 0.0) for k in ATTENTION_OPS)
-    conv = sum(by.get(k, 0.0) for k in CONV_OPS)
+    events = prof.key_averages()
+    by = {e.key: e.self_cpu_time_total / 1e6 for e in events}
+    total = {e.key: e.cpu_time_total / 1e6 for e in events}  # the kernels' own children count (addmm's bias copy)
+    mm = sum(total.get(k, 0.0) for k in MATMUL_OPS)
+    att = sum(total.get(k, 0.0) for k in ATTENTION_OPS)
+    conv = sum(total.get(k, 0.0) for k in CONV_OPS)
     others = sorted(((v, k) for k, v in by.items() if k not in MATMUL_OPS + ATTENTION_OPS + CONV_OPS), reverse=True)
     return {"profiled_wall": wall, "mm": mm / wall, "attention": att / wall, "conv": conv / wall,
             "share": (mm + att + conv) / wall, "top_others": [(k, v / wall) for v, k in others[:8]]}
