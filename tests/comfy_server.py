@@ -17,6 +17,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -200,6 +201,18 @@ class WebSocket:
         self.sock.close()
 
 
+def _die_with_parent() -> None:
+    """In the server's process before exec: Linux sends it SIGTERM when the test process dies, even by SIGKILL, so
+    an aborted test run never leaves a server behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def start_server(python: Path, comfy_tree: Path, root: Path, startup_timeout: float = 240) -> ComfyServer:
     """Copy ComfyUI into ``root``, link this repository as a custom node, start main.py and wait for /object_info."""
     comfy = root / "ComfyUI"
@@ -217,7 +230,8 @@ def start_server(python: Path, comfy_tree: Path, root: Path, startup_timeout: fl
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
     log = open(root / "server.log", "wb")  # noqa: SIM115 - kept open for the server's lifetime
-    proc = subprocess.Popen(cmd, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, cwd=comfy, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     log.close()
     server = ComfyServer(f"http://127.0.0.1:{port}", proc, root)
     end = time.monotonic() + startup_timeout
