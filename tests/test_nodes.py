@@ -508,6 +508,26 @@ for mode in ("all on GPU", "offload after use"):
     video = res["result"][0]
     assert type(video).__name__ == "VideoFromComponents", type(video)
     assert video.get_components().images.shape[0] == 9
+# ComfyUI's cancel flag stops the core inside each long operation (not only between sampling steps), once
+from ovi_core import interrupt
+assert bridge._comfy_interrupt_checker in interrupt._checkers
+long_operations = {
+    "text encoder": lambda: run("OviTextEncode", text_encoder=te, prompt="a <S>b<E> <AUDCAP>c<ENDAUDCAP>", video_negative="x", audio_negative="y", variant="720x720_5s"),
+    "video decode": lambda: run("OviVideoDecode", video_vae=vae, video_latent=v, tiled=False, tile_size=512),
+    "audio decode": lambda: run("OviAudioDecode", audio_vae=avae, audio_latent=a, sample_rate="16000"),
+    "mux": lambda: run("OviMux", images=frames, audio=audio, fps=24.0, filename_prefix="Ovi/cancelled"),
+}
+for what, call in long_operations.items():
+    mm.interrupt_current_processing(True)
+    try:
+        call()
+        raise SystemExit(what + " was not interrupted")
+    except mm.InterruptProcessingException:
+        pass
+    assert not mm.processing_interrupted(), what  # consumed: the next run works
+    call()
+import os
+assert not [f for f in os.listdir(os.path.join(out, "Ovi")) if f.startswith(".")], os.listdir(os.path.join(out, "Ovi"))
 mm.unload_all_models()
 assert loaded() == [], loaded()
 print("OK")
