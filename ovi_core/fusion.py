@@ -5,7 +5,8 @@ Follows character-ai/Ovi (Apache-2.0), ovi/modules/fusion.py. Order inside fused
   3. audio cross step (text + attention to the video stream after its self-attention) and audio FFN,
   4. video cross step (text + attention to the audio stream after its self-attention, before its cross
      step) and video FFN.
-The residual streams stay in float32 whatever the compute dtype; matmuls run in the compute dtype.
+The residual streams stay in float32 whatever the compute dtype and are updated in place; matmuls run in the
+compute dtype.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ovi_core import interrupt
 from ovi_core.attention import resolve_backend
 from ovi_core.config import FusionConfig
 from ovi_core.errors import OviInputError
-from ovi_core.layers import ComputeDtype
+from ovi_core.layers import ComputeDtype, resolve_operations
 from ovi_core.rope import audio_rope, video_rope
 from ovi_core.tower import TowerBlock, WanTower
 
@@ -55,24 +57,28 @@ class _Modulation:
     def __init__(self, e: torch.Tensor, e0: torch.Tensor, clean_tokens: int = 0):
         self.e, self.e0 = e, e0  # [B, U, dim], [B, U, 6, dim]; u = 0: t, u = 1: t = 0 (clean prefix)
         self.clean_tokens = clean_tokens
+        # every row the same vectors (the sampler's positive/negative rows share t): norms can fold them in
+        self.uniform = e.shape[0] == 1 or (not e.is_meta and torch.equal(e, e[:1].expand_as(e))
+                                           and torch.equal(e0, e0[:1].expand_as(e0)))
 
-    def rows(self, index: torch.Tensor) -> _Modulation:
+    def rows(self, index: torch.Tensor | slice) -> _Modulation:
         return _Modulation(self.e[index], self.e0[index], self.clean_tokens)
 
     def block(self, block: TowerBlock) -> _Vectors:
         """shift1, scale1, gate1, shift2, scale2, gate2 of one block (its parameter + the time projection)."""
-        return _Vectors(block.modulation.modulation.float().unsqueeze(0) + self.e0, self.clean_tokens)  # [B, U, 6, dim]
+        return _Vectors(block.modulation.modulation.float().unsqueeze(0) + self.e0, self.clean_tokens, self.uniform)
 
     def head(self, head_modulation: torch.Tensor) -> _Vectors:
         """shift, scale of the head (its parameter + the time embedding e, not e0)."""
-        return _Vectors(head_modulation.float().unsqueeze(0) + self.e.unsqueeze(2), self.clean_tokens)  # [B, U, 2, dim]
+        return _Vectors(head_modulation.float().unsqueeze(0) + self.e.unsqueeze(2), self.clean_tokens, self.uniform)
 
 
 class _Vectors:
-    """Modulation vectors [B, U, n, dim] applied to token streams [B, L, dim], segment by segment."""
+    """Modulation vectors [B, U, n, dim] applied to float32 token streams [B, L, dim], segment by segment, in place."""
 
-    def __init__(self, mod: torch.Tensor, clean_tokens: int):
+    def __init__(self, mod: torch.Tensor, clean_tokens: int, uniform: bool = False):
         self.mod = mod
+        self.uniform = uniform and clean_tokens == 0
         # (tokens, u): the clean prefix takes u = 1, the rest u = 0
         self.segments = [(slice(None), 0)] if clean_tokens == 0 else [(slice(0, clean_tokens), 1),
                                                                         (slice(clean_tokens, None), 0)]
@@ -80,25 +86,47 @@ class _Vectors:
     def _v(self, u: int, k: int) -> torch.Tensor:  # [B, 1, dim]
         return self.mod[:, u : u + 1, k]
 
-    @staticmethod
-    def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    def affine(self, norm: nn.Module, x: torch.Tensor, shift: int, scale: int) -> torch.Tensor:
+        """norm(x) * (1 + scale) + shift, a new float32 tensor (x is left alone).
 
-    def affine(self, x: torch.Tensor, shift: int, scale: int) -> torch.Tensor:
-        """x * (1 + scale) + shift."""
-        return self._cat([x[:, s] * (1 + self._v(u, scale)) + self._v(u, shift) for s, u in self.segments])
+        A parameter-free LayerNorm with the same vectors for every row and token takes them as its affine weight and
+        bias: one pass over x. Otherwise the modulation is applied in place on norm(x)."""
+        if self.uniform and isinstance(norm, nn.LayerNorm) and norm.weight is None and norm.bias is None:
+            scale_1p = 1 + self.mod[0, 0, scale]  # [dim]
+            return F.layer_norm(x.float(), norm.normalized_shape, scale_1p, self.mod[0, 0, shift], norm.eps)
+        y = norm(x).float()
+        for s, u in self.segments:
+            y[:, s].mul_(1 + self._v(u, scale)).add_(self._v(u, shift))
+        return y
 
-    def gated(self, residual: torch.Tensor, y: torch.Tensor, gate: int) -> torch.Tensor:
-        """residual + gate * y."""
-        return self._cat([residual[:, s] + self._v(u, gate) * y[:, s] for s, u in self.segments])
+    def gated_(self, residual: torch.Tensor, y: torch.Tensor, gate: int) -> torch.Tensor:
+        """residual += gate * y, in place (residual is a float32 stream, y any float dtype)."""
+        for s, u in self.segments:
+            residual[:, s].addcmul_(self._v(u, gate), y[:, s])
+        return residual
+
+
+def _rows(run: torch.Tensor) -> torch.Tensor | slice:
+    """Row indices [k] (on the CPU) as a slice when they are consecutive: views instead of copies."""
+    if run.numel() and bool((run == torch.arange(int(run[0]), int(run[0]) + run.numel())).all()):
+        return slice(int(run[0]), int(run[0]) + run.numel())
+    return run
 
 
 class OviFusion(nn.Module):
-    def __init__(self, cfg: FusionConfig | None = None):
+    """The fused video/audio model.
+
+    operations: None (our layers, ovi_core.layers) or a namespace of layer classes — Linear, Conv1d, Conv3d,
+      LayerNorm, RMSNorm, constructed with torch's arguments — such as ComfyUI's comfy.ops.manual_cast; see
+      ovi_core.layers.resolve_operations. Module names (checkpoint keys) are the same either way.
+    """
+
+    def __init__(self, cfg: FusionConfig | None = None, operations=None):
         super().__init__()
         self.cfg = cfg or FusionConfig.full()
-        self.video_model = WanTower(self.cfg.video)
-        self.audio_model = WanTower(self.cfg.audio)
+        self.operations = resolve_operations(operations)
+        self.video_model = WanTower(self.cfg.video, self.operations)
+        self.audio_model = WanTower(self.cfg.audio, self.operations)
         self.attention_backend = "sdpa"
         self.compute_dtype = torch.float32
         self.ffn_chunk = 0  # >0: run the FFNs over this many tokens at a time (lower peak memory, same numbers)
@@ -230,11 +258,14 @@ class OviFusion(nn.Module):
                 run = None if skip_mask is None else (~skip_mask.detach().cpu().bool()).nonzero().flatten()
                 if run is None or run.numel() == 0:
                     continue
-                if run.numel() < b:  # run the block on the other rows only
-                    run = run.to(dev)
-                    xv, xa = xv.clone(), xa.clone()
-                    xv[run], xa[run] = self._run_block(i, xv[run], xa[run], mod_v.rows(run), mod_a.rows(run),
-                                                       rope_v, rope_a, text.rows(run), backend)
+                if run.numel() < b:  # run the block on the other rows only (views when they are consecutive)
+                    rows = _rows(run)
+                    rows = rows if isinstance(rows, slice) else rows.to(dev)
+                    sub_v, sub_a = xv[rows], xa[rows]
+                    out_v, out_a = self._run_block(i, sub_v, sub_a, mod_v.rows(rows), mod_a.rows(rows),
+                                                   rope_v, rope_a, text.rows(rows), backend)
+                    if out_v is not sub_v or not isinstance(rows, slice):  # a slice's views were updated in place
+                        xv[rows], xa[rows] = out_v, out_a
                     continue
             xv, xa = self._run_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend)
 
@@ -255,35 +286,40 @@ class OviFusion(nn.Module):
                 self.audio_model.blocks[i].to(self._swap[2])
 
     def _fused_block(self, i, xv, xa, mod_v, mod_a, rope_v, rope_a, text: TextContext, backend):
+        """Fused block i; updates the float32 streams xv [B, Lv, dim] and xa [B, La, dim] in place and returns them."""
         vb: TowerBlock = self.video_model.blocks[i]
         ab: TowerBlock = self.audio_model.blocks[i]
         ea, ev = mod_a.block(ab), mod_v.block(vb)  # vectors 0..5: shift1, scale1, gate1, shift2, scale2, gate2
 
-        # audio then video self-attention (gated residuals)
-        xa = ea.gated(xa, ab.self_attn(ea.affine(ab.norm1(xa), 0, 1), rope_a, backend).float(), 2)
-        xv = ev.gated(xv, vb.self_attn(ev.affine(vb.norm1(xv), 0, 1), rope_v, backend).float(), 2)
-        xa_sa = xa
+        # 1-2. audio then video self-attention (gated residuals)
+        ea.gated_(xa, ab.self_attn(ea.affine(ab.norm1, xa, 0, 1), rope_a, backend), 2)
+        ev.gated_(xv, vb.self_attn(ev.affine(vb.norm1, xv, 0, 1), rope_v, backend), 2)
 
-        # audio cross step: text + the video stream after its self-attention; then FFN
-        xa = xa + ab.cross_attn(ab.norm3(xa), text.audio_kv[i], xv, rope_a, rope_v, backend).float()
-        xa = ea.gated(xa, self._ffn(ab, ea.affine(ab.norm2(xa), 3, 4)), 5)
+        # each tower attends to the other's stream after self-attention: their fusion keys/values, taken now
+        video_for_audio = ab.cross_attn.other_kv(xv, rope_v)  # 2 x [B, Lv, H, D]
+        audio_for_video = vb.cross_attn.other_kv(xa, rope_a)  # 2 x [B, La, H, D]
 
-        # video cross step: text + the audio stream after its self-attention; then FFN
-        xv = xv + vb.cross_attn(vb.norm3(xv), text.video_kv[i], xa_sa, rope_v, rope_a, backend).float()
-        xv = ev.gated(xv, self._ffn(vb, ev.affine(vb.norm2(xv), 3, 4)), 5)
+        # 3. audio cross step (text + video), then FFN
+        xa.add_(ab.cross_attn(ab.norm3(xa), text.audio_kv[i], video_for_audio, rope_a, backend))
+        del video_for_audio
+        ea.gated_(xa, self._ffn(ab, ea.affine(ab.norm2, xa, 3, 4)), 5)
+
+        # 4. video cross step (text + audio after its self-attention), then FFN
+        xv.add_(vb.cross_attn(vb.norm3(xv), text.video_kv[i], audio_for_video, rope_v, backend))
+        ev.gated_(xv, self._ffn(vb, ev.affine(vb.norm2, xv, 3, 4)), 5)
         return xv, xa
 
     def _ffn(self, block: TowerBlock, x: torch.Tensor) -> torch.Tensor:
-        """The block's FFN in float32 out; in token chunks when ffn_chunk is set (the [L, ffn_dim] hidden
-        state is the largest activation of a step)."""
+        """The block's FFN (output in the compute dtype); in token chunks when ffn_chunk is set (the [L, ffn_dim]
+        hidden state is the largest activation of a step)."""
         n = self.ffn_chunk
         if n <= 0 or x.shape[1] <= n:
-            return block.ffn(x).float()
-        return torch.cat([block.ffn(c).float() for c in x.split(n, dim=1)], dim=1)
+            return block.ffn(x)
+        return torch.cat([block.ffn(c) for c in x.split(n, dim=1)], dim=1)
 
     @staticmethod
     def _head(tower: WanTower, x: torch.Tensor, mod: _Modulation, grid) -> torch.Tensor:
-        out = tower.head.head(mod.head(tower.head.modulation).affine(tower.head.norm(x), 0, 1)).float()
+        out = tower.head.head(mod.head(tower.head.modulation).affine(tower.head.norm, x, 0, 1)).float()
         return tower.unpatchify(out, grid)
 
     def _check_latents(self, video: torch.Tensor, audio: torch.Tensor):

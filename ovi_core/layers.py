@@ -2,10 +2,22 @@
 
 Weights may be float32, bfloat16, float16 or float8_e4m3fn in memory; each layer casts its weight to the
 compute dtype at the moment it is used, so an fp8 checkpoint stays one byte per weight and is upcast one
-layer at a time. Norms always compute in float32 (as the reference's float32 evaluation does).
+layer at a time. LayerNorm and RMSNorm compute in float32 and return float32 (the reference's WanLayerNorm and
+WanRMSNorm normalise in float32 too).
+
+The convolutions the towers need are matmuls: the video patch embedding (kernel = stride, no padding) is a
+reshape + one matmul, the audio tower's channel-last k=7 convolutions are one im2col matmul each (on the CPU
+several times faster than oneDNN's 1-D convolution at these shapes, same numbers to float32 rounding).
+
+A caller may bring its own layer classes (``resolve_operations``): a namespace with Linear, Conv1d, Conv3d,
+LayerNorm and RMSNorm classes that take torch's constructor arguments, as ComfyUI's ``comfy.ops.manual_cast``
+or ``disable_weight_init``. They are wrapped so that inputs reach them in the compute dtype; their own forward
+handles their weights. Parameter names stay torch's (``weight``, ``bias``), so checkpoint keys do not change.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -31,31 +43,56 @@ class Linear(nn.Linear, ComputeDtype):
 
 
 class Conv3d(nn.Conv3d, ComputeDtype):
+    """The video patch embedding. ``patch_tokens`` computes it as one matmul over non-overlapping patches."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
         return self._conv_forward(_cast(x, cd), _cast(self.weight, cd), _cast(self.bias, cd))
 
+    def patch_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """[B, C, F, H, W] -> tokens [B, F'*H'*W', out] in (frame, row, col) order, and the grid (F', H', W').
+
+        Equals forward(x).flatten(2).transpose(1, 2) when stride == kernel_size and there is no padding."""
+        assert tuple(self.stride) == tuple(self.kernel_size) and not any(self.padding), "patch_tokens needs stride = kernel"
+        cd = self.compute_dtype
+        b, c, f, h, w = x.shape
+        pt, ph, pw = self.kernel_size
+        grid = (f // pt, h // ph, w // pw)
+        # [B, C, F', pt, H', ph, W', pw] -> [B, F', H', W', C, pt, ph, pw]: the weight's (in, kt, kh, kw) order
+        patches = _cast(x, cd).reshape(b, c, grid[0], pt, grid[1], ph, grid[2], pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        patches = patches.reshape(b, grid[0] * grid[1] * grid[2], c * pt * ph * pw)
+        weight = _cast(self.weight, cd).reshape(self.out_channels, -1)
+        return F.linear(patches, weight, _cast(self.bias, cd)), grid
+
 
 class ChannelLastConv1d(nn.Conv1d, ComputeDtype):
-    """Conv1d over [B, L, C] (channel-last) sequences."""
+    """Conv1d over [B, L, C] (channel-last) sequences, stride 1, as one matmul over im2col windows."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
-        y = self._conv_forward(_cast(x, cd).transpose(1, 2), _cast(self.weight, cd), _cast(self.bias, cd))
-        return y.transpose(1, 2)
+        weight, bias = _cast(self.weight, cd), _cast(self.bias, cd)
+        if self.stride != (1,) or self.dilation != (1,) or self.groups != 1 or isinstance(self.padding, str):
+            return self._conv_forward(_cast(x, cd).transpose(1, 2), weight, bias).transpose(1, 2)
+        b, n, c = x.shape
+        (k,), (p,) = self.kernel_size, self.padding
+        x = F.pad(_cast(x, cd), (0, 0, p, p)) if p else _cast(x, cd)  # [B, L + 2p, C]
+        windows = x.unfold(1, k, 1)  # [B, L', C, k], a view; the reshape below is the im2col copy
+        return F.linear(windows.reshape(b, windows.shape[1], c * k), weight.reshape(self.out_channels, c * k), bias)
 
 
 class ConvMLP(nn.Module):
     """SwiGLU of three bias-free channel-last convolutions: w2(silu(w1 x) * w3 x)."""
 
-    def __init__(self, dim: int, hidden: int, kernel_size: int = 7, padding: int = 3):
+    def __init__(self, dim: int, hidden: int, kernel_size: int = 7, padding: int = 3, operations=None):
         super().__init__()
-        self.w1 = ChannelLastConv1d(dim, hidden, kernel_size, padding=padding, bias=False)
-        self.w2 = ChannelLastConv1d(hidden, dim, kernel_size, padding=padding, bias=False)
-        self.w3 = ChannelLastConv1d(dim, hidden, kernel_size, padding=padding, bias=False)
+        conv = resolve_operations(operations).ChannelLastConv1d
+        self.w1 = conv(dim, hidden, kernel_size, padding=padding, bias=False)
+        self.w2 = conv(hidden, dim, kernel_size, padding=padding, bias=False)
+        self.w3 = conv(dim, hidden, kernel_size, padding=padding, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        h = F.silu(self.w1(x), inplace=True)
+        return self.w2(h.mul_(self.w3(x)))
 
 
 class LayerNorm(nn.LayerNorm):
@@ -71,7 +108,7 @@ class LayerNorm(nn.LayerNorm):
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight over the last dim, computed in float32; returns float32."""
+    """x / rms(x) * weight over the last dim, computed in float32 in one fused pass; returns float32."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -79,5 +116,88 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * _cast(self.weight, torch.float32)
+        return F.rms_norm(x.float(), self.weight.shape, _cast(self.weight, torch.float32), self.eps)
+
+
+class GELU(nn.Module):
+    """GELU (tanh approximation) in place: the FFN's hidden state, the largest activation, is not copied."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._C._nn.gelu_(x, approximate="tanh")
+
+
+# ---- caller-supplied layer classes ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Operations:
+    """The layer classes the towers are built from."""
+
+    Linear: type
+    Conv3d: type
+    ChannelLastConv1d: type
+    LayerNorm: type  # called as LayerNorm(dim, eps, elementwise_affine=...)
+    RMSNorm: type  # called as RMSNorm(dim, eps)
+
+
+DEFAULT_OPERATIONS = Operations(Linear, Conv3d, ChannelLastConv1d, LayerNorm, RMSNorm)
+
+
+class _InComputeDtype(ComputeDtype):
+    """Casts the input to the compute dtype, then runs the caller's layer (which handles its weights)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(_cast(x, self.compute_dtype))
+
+
+class _ChannelLast(ComputeDtype):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(_cast(x, self.compute_dtype).transpose(1, 2)).transpose(1, 2)
+
+
+class _InFloat32:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
+def _layer_norm_factory(cls: type) -> type:
+    class OpsLayerNorm(_InFloat32, cls):
+        def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = False):
+            super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    OpsLayerNorm.__name__ = OpsLayerNorm.__qualname__ = f"LayerNorm({cls.__module__}.{cls.__qualname__})"
+    return OpsLayerNorm
+
+
+def _rms_norm_factory(cls: type) -> type:
+    class OpsRMSNorm(cls):  # in the dtype it is given (the compute dtype after a Linear), as the reference
+        def __init__(self, dim: int, eps: float = 1e-6):
+            super().__init__(dim, eps=eps)
+
+    OpsRMSNorm.__name__ = OpsRMSNorm.__qualname__ = f"RMSNorm({cls.__module__}.{cls.__qualname__})"
+    return OpsRMSNorm
+
+
+_resolved: dict[int, tuple[object, Operations]] = {}
+
+
+def resolve_operations(operations=None) -> Operations:
+    """Our own layers (None), an Operations, or a namespace with Linear, Conv1d, Conv3d, LayerNorm and RMSNorm
+    classes (ComfyUI's comfy.ops.manual_cast, disable_weight_init...), wrapped to fit the towers."""
+    if operations is None:
+        return DEFAULT_OPERATIONS
+    if isinstance(operations, Operations):
+        return operations
+    hit = _resolved.get(id(operations))
+    if hit is not None and hit[0] is operations:
+        return hit[1]
+    missing = [n for n in ("Linear", "Conv1d", "Conv3d", "LayerNorm", "RMSNorm") if not hasattr(operations, n)]
+    if missing:
+        raise TypeError(f"operations {operations!r} lacks {', '.join(missing)} (give a namespace like comfy.ops.manual_cast)")
+    ops = Operations(
+        Linear=type("Linear", (_InComputeDtype, operations.Linear), {}),
+        Conv3d=type("Conv3d", (_InComputeDtype, operations.Conv3d), {}),
+        ChannelLastConv1d=type("ChannelLastConv1d", (_ChannelLast, operations.Conv1d), {}),
+        LayerNorm=_layer_norm_factory(operations.LayerNorm),
+        RMSNorm=_rms_norm_factory(operations.RMSNorm),
+    )
+    _resolved[id(operations)] = (operations, ops)
+    return ops

@@ -15,25 +15,31 @@ import torch.nn as nn
 
 from ovi_core.attention import attention
 from ovi_core.config import TowerConfig
-from ovi_core.layers import ChannelLastConv1d, Conv3d, ConvMLP, LayerNorm, Linear, RMSNorm
-from ovi_core.rope import apply_rope
+from ovi_core.layers import GELU, ConvMLP, resolve_operations
+from ovi_core.rope import RopeTable, apply_rope
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float):
+    def __init__(self, dim: int, num_heads: int, eps: float, operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.q, self.k, self.v, self.o = Linear(dim, dim), Linear(dim, dim), Linear(dim, dim), Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+        self.q, self.k, self.v, self.o = ops.Linear(dim, dim), ops.Linear(dim, dim), ops.Linear(dim, dim), ops.Linear(dim, dim)
+        self.norm_q = ops.RMSNorm(dim, eps)
+        self.norm_k = ops.RMSNorm(dim, eps)
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, dim] -> [B, L, H, D] in the compute dtype."""
         return x.to(self.q.compute_dtype).unflatten(2, (self.num_heads, self.head_dim))
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope)  # [B, L, H, D]
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope)
+    def rotated_heads(self, x: torch.Tensor, rope: RopeTable) -> torch.Tensor:
+        """Normalised q or k [B, L, dim] (a fresh tensor) -> rotated [B, L, H, D] in the compute dtype; the rotation
+        runs in place, in float32 (before the cast)."""
+        return apply_rope(x.unflatten(2, (self.num_heads, self.head_dim)), rope, inplace=True).to(self.q.compute_dtype)
+
+    def forward(self, x: torch.Tensor, rope: RopeTable, backend: str) -> torch.Tensor:
+        q = self.rotated_heads(self.norm_q(self.q(x)), rope)  # [B, L, H, D]
+        k = self.rotated_heads(self.norm_k(self.k(x)), rope)
         v = self.heads(self.v(x))
         return self.o(attention(q, k, v, backend).flatten(2))
 
@@ -46,32 +52,35 @@ class FusionCrossAttention(SelfAttention):
     share q and o; their outputs are summed before o.
     """
 
-    def __init__(self, dim: int, num_heads: int, eps: float):
-        super().__init__(dim, num_heads, eps)
-        self.k_fusion = Linear(dim, dim)
-        self.v_fusion = Linear(dim, dim)
-        self.pre_attn_norm_fusion = LayerNorm(dim, eps, elementwise_affine=True)
-        self.norm_k_fusion = RMSNorm(dim, eps)
+    def __init__(self, dim: int, num_heads: int, eps: float, operations=None):
+        super().__init__(dim, num_heads, eps, operations)
+        ops = resolve_operations(operations)
+        self.k_fusion = ops.Linear(dim, dim)
+        self.v_fusion = ops.Linear(dim, dim)
+        self.pre_attn_norm_fusion = ops.LayerNorm(dim, eps, elementwise_affine=True)
+        self.norm_k_fusion = ops.RMSNorm(dim, eps)
 
     def text_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the embedded text [B, 512, dim] -> 2 x [B, 512, H, D] (cacheable per generation)."""
         return self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
 
+    def other_kv(self, other: torch.Tensor, other_rope: RopeTable) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (rotated with the other tower's positions) and values of the other tower's stream [B, L', dim]."""
+        other = self.pre_attn_norm_fusion(other)
+        return self.rotated_heads(self.norm_k_fusion(self.k_fusion(other)), other_rope), self.heads(self.v_fusion(other))
+
     def forward(
         self,
         x: torch.Tensor,  # [B, L, dim], already norm3-ed
         text_kv: tuple[torch.Tensor, torch.Tensor],
-        other: torch.Tensor,  # [B, L_other, dim], the other tower's stream
-        rope: tuple[torch.Tensor, torch.Tensor],
-        other_rope: tuple[torch.Tensor, torch.Tensor],
+        other_kv: tuple[torch.Tensor, torch.Tensor],  # from other_kv(): the other tower's keys/values
+        rope: RopeTable,
         backend: str,
     ) -> torch.Tensor:
-        q = self.heads(self.norm_q(self.q(x)))  # [B, L, H, D]
-        out = attention(q, *text_kv, backend)  # text: no RoPE, no key mask (padding rows included)
-        other = self.pre_attn_norm_fusion(other)
-        k_o = apply_rope(self.heads(self.norm_k_fusion(self.k_fusion(other))), *other_rope)
-        v_o = self.heads(self.v_fusion(other))
-        out = out + attention(apply_rope(q, *rope), k_o, v_o, backend)
+        q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, self.head_dim))  # [B, L, H, D]
+        out = attention(q.to(self.q.compute_dtype), *text_kv, backend)  # text: no RoPE, no key mask (padding included)
+        q = apply_rope(q, rope, inplace=True).to(self.q.compute_dtype)  # q is not needed un-rotated any more
+        out = out.add_(attention(q, *other_kv, backend))
         return self.o(out.flatten(2))
 
 
@@ -86,24 +95,26 @@ class ModulationAdd(nn.Module):
 class TowerBlock(nn.Module):
     """The layers of one block of one tower. norm1/norm2/head.norm have no parameters; norm3 is affine."""
 
-    def __init__(self, cfg: TowerConfig):
+    def __init__(self, cfg: TowerConfig, operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         dim = cfg.dim
-        self.norm1 = LayerNorm(dim, cfg.eps)
-        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps)
-        self.norm3 = LayerNorm(dim, cfg.eps, elementwise_affine=True)
-        self.cross_attn = FusionCrossAttention(dim, cfg.num_heads, cfg.eps)
-        self.norm2 = LayerNorm(dim, cfg.eps)
-        self.ffn = nn.Sequential(Linear(dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), Linear(cfg.ffn_dim, dim))
+        self.norm1 = ops.LayerNorm(dim, cfg.eps)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.eps, ops)
+        self.norm3 = ops.LayerNorm(dim, cfg.eps, elementwise_affine=True)
+        self.cross_attn = FusionCrossAttention(dim, cfg.num_heads, cfg.eps, ops)
+        self.norm2 = ops.LayerNorm(dim, cfg.eps)
+        self.ffn = nn.Sequential(ops.Linear(dim, cfg.ffn_dim), GELU(), ops.Linear(cfg.ffn_dim, dim))
         self.modulation = ModulationAdd(dim, 6)
 
 
 class Head(nn.Module):
-    def __init__(self, cfg: TowerConfig):
+    def __init__(self, cfg: TowerConfig, operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
-        self.norm = LayerNorm(cfg.dim, cfg.eps)
-        self.head = Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.norm = ops.LayerNorm(cfg.dim, cfg.eps)
+        self.head = ops.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -115,28 +126,32 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class WanTower(nn.Module):
-    def __init__(self, cfg: TowerConfig):
+    def __init__(self, cfg: TowerConfig, operations=None):
         super().__init__()
+        ops = resolve_operations(operations)
         self.cfg = cfg
         dim = cfg.dim
         if cfg.kind == "video":
-            self.patch_embedding = Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+            self.patch_embedding = ops.Conv3d(cfg.in_dim, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         else:
             self.patch_embedding = nn.Sequential(
-                ChannelLastConv1d(cfg.in_dim, dim, kernel_size=7, padding=3),
-                nn.SiLU(),
-                ConvMLP(dim, cfg.audio_mlp_hidden, kernel_size=7, padding=3),
+                ops.ChannelLastConv1d(cfg.in_dim, dim, kernel_size=7, padding=3),
+                nn.SiLU(inplace=True),
+                ConvMLP(dim, cfg.audio_mlp_hidden, kernel_size=7, padding=3, operations=ops),
             )
-        self.text_embedding = nn.Sequential(Linear(cfg.text_dim, dim), nn.GELU(approximate="tanh"), Linear(dim, dim))
-        self.time_embedding = nn.Sequential(Linear(cfg.freq_dim, dim), nn.SiLU(), Linear(dim, dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), Linear(dim, dim * 6))
-        self.blocks = nn.ModuleList(TowerBlock(cfg) for _ in range(cfg.num_layers))
-        self.head = Head(cfg)
+        self.text_embedding = nn.Sequential(ops.Linear(cfg.text_dim, dim), GELU(), ops.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(ops.Linear(cfg.freq_dim, dim), nn.SiLU(), ops.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(dim, dim * 6))
+        self.blocks = nn.ModuleList(TowerBlock(cfg, ops) for _ in range(cfg.num_layers))
+        self.head = Head(cfg, ops)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         """Latent -> float32 tokens [B, L, dim] and the token grid ((F, H/2, W/2) for video, (L,) for audio)."""
         if self.cfg.kind == "video":
-            y = self.patch_embedding(x)  # [B, dim, F, H/2, W/2]
+            if hasattr(self.patch_embedding, "patch_tokens"):  # ours: a reshape + one matmul
+                y, grid = self.patch_embedding.patch_tokens(x)  # [B, L, dim]
+                return y.float(), grid
+            y = self.patch_embedding(x)  # a caller's Conv3d: [B, dim, F, H/2, W/2]
             return y.flatten(2).transpose(1, 2).float(), tuple(y.shape[2:])
         return self.patch_embedding(x).float(), (x.shape[1],)  # [B, L, 20] -> [B, L, dim]
 
