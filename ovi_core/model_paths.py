@@ -12,6 +12,8 @@ Ovi needs five files (plus the umT5 tokenizer when the text encoder file does no
 
 The tables below are data; ``find_in_reference_folder`` and ``find_in_comfy_models`` only apply them. A missing
 file raises MissingWeightsError naming the file, the folders searched and where to download it.
+``check_weight_files`` reads what each found file holds (through the loaders' own checks, on the meta device where
+the header suffices) and says what it is or what is wrong with it: truncated, another model, missing keys, dtype.
 """
 
 from __future__ import annotations
@@ -278,8 +280,6 @@ def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | None = No
 
 
 # ---- checking the contents -------------------------------------------------------------------------------------
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "torch.float64", "torch.float32", "torch.float16",
-                 "torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"}
 _NON_WEIGHT_KEYS = ("spiece_model", "scaled_fp8", ".comfy_quant", "num_batches_tracked")
 _ST_TO_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
                 "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
@@ -340,8 +340,6 @@ def _check_fusion(path: Path) -> str:
 
 
 def _check_text_encoder(path: Path, tokenizer: Path | None) -> str:
-    import torch
-
     from ovi_core.text_encoder import (
         _config_from_shapes,
         _empty_umt5,
@@ -354,7 +352,6 @@ def _check_text_encoder(path: Path, tokenizer: Path | None) -> str:
     with _open_weights(path) as f:
         layout, names = _encoder_names(f)
         hp = _config_from_shapes(f, names, layout)
-        sd = {k: torch.empty(0, device="meta") for k in f.keys}
     model = _empty_umt5(umt5_config(**{("vocab_size" if k == "vocab" else k): v for k, v in hp.items()}))
     wanted = {n for n, _ in model.named_parameters() if n != "encoder.embed_tokens.weight"}
     missing = sorted(wanted - set(names.values()))
@@ -362,7 +359,6 @@ def _check_text_encoder(path: Path, tokenizer: Path | None) -> str:
         raise WrongFileError(f"{path.name} lacks {len(missing)} umT5 encoder tensors (e.g. {missing[0]}): missing "
                              f"keys — the file is incomplete or of another model. Get it from {WHERE_TO_GET['text_encoder']}")
     dtypes = _check_dtypes(path, _meta_state_dict(path))
-    del sd
     tok = _resolve_tokenizer(path, tokenizer)
     return (f"umT5 text encoder ({layout} layout), {hp['num_layers']} layers of width {hp['d_model']}, vocabulary "
             f"{hp['vocab']:,}; tokenizer: {getattr(tok, 'description', type(tok).__name__)}; tensors: {dtypes}")

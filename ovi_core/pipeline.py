@@ -124,7 +124,8 @@ class OviResult:
 
     def save(self, path: str | os.PathLike, **mux_options):
         """Write the clip as an mp4 (see ovi_core.mux.write_mp4: H.264 + AAC, audio padded to the video length,
-        written to a temporary name and renamed when complete)."""
+        written to a temporary name and published when complete; an existing file is replaced only with
+        ``overwrite=True``)."""
         from ovi_core.mux import write_mp4
 
         return write_mp4(path, self.frames, self.fps, self.audio, self.sample_rate, metadata=self.metadata(),
