@@ -145,6 +145,8 @@ def test_check_weights(tmp_path, capsys):
     assert run("check-weights", "--ckpt-dir", tmp_path / "ckpts") == 0
     out = capsys.readouterr().out
     assert "720x720_5s" in out and "Wan2.2_VAE.pth" in out and "best_netG.pt" in out
+    assert out.count("  ok  ") == 5 and "BAD" not in out and "all weight files are usable" in out
+    assert "Ovi fused model, 720x720_5s" in out and "a Wan2.2 video VAE" in out and "BigVGAN vocoder" in out
     assert run("check-weights", "--comfy-models", tmp_path / "ckpts") == 3
 
 
