@@ -74,8 +74,9 @@ class _Terminated(KeyboardInterrupt):
 
 class _Signals:
     """Ctrl-C (SIGINT) and SIGTERM raise at once, and are also remembered: an exception raised while Python runs a
-    finaliser is swallowed ("Exception ignored in ..."), so the pipeline also polls ``stop_requested`` between
-    sampling steps and stops there if the first attempt was lost."""
+    finaliser is swallowed ("Exception ignored in ..."), so ``stop_requested`` is installed as an ovi_core.interrupt
+    checker for the whole command, and every long loop of the core (blocks, steps, VAE chunks and tiles, encoder
+    layers, muxed frames) stops at its next check if the first attempt was lost."""
 
     def __init__(self):
         self.received: int | None = None
