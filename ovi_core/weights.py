@@ -2,9 +2,13 @@
 
 The released files (chetwinlow1/Ovi model.safetensors, model_960x960.safetensors,
 model_960x960_10s.safetensors; rkfg/Ovi-fp8_quantized model_fp8_e4m3fn.safetensors) use the module names of
-ovi_core.fusion.OviFusion directly. Loading builds the model on the meta device and streams the file tensor
-by tensor into it, so peak memory is about one model, not two. fp8 e4m3fn tensors may stay one byte per
-weight; layers upcast them when they run (ovi_core.layers).
+ovi_core.fusion.OviFusion directly. Loading builds the model on the meta device and assigns the file's tensors to
+it one by one. A safetensors file is memory-mapped: a tensor already in the wanted dtype on the CPU is used where
+it lies in the map, without a copy, and is read from disk when the first forward touches it; so loading costs
+about one read of the file and peak memory is about one model (file-backed pages the system can drop), not two.
+fp8 e4m3fn tensors may stay one byte per weight; layers upcast them one at a time when they run
+(ovi_core.layers). The NaN/Inf scan of every tensor reads the whole file up front: it is off by default and on
+in ``check_finite_checkpoint`` / ``load_fusion_model(..., check_finite=True)``.
 """
 
 from __future__ import annotations
@@ -187,6 +191,34 @@ def _is_matmul_weight(name: str, t: torch.Tensor) -> bool:
     return ".blocks." in name and name.endswith(".weight") and t.dim() == 2
 
 
+_SCAN_CHUNK = 1 << 22  # elements per isfinite pass: bounded temporaries whatever the tensor size
+
+
+def _is_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinite value in t (chunked: at most a few MB of temporaries; 1-byte floats upcast per chunk)."""
+    if not t.is_floating_point():
+        return True
+    flat = t.detach().reshape(-1)
+    for chunk in flat.split(_SCAN_CHUNK):
+        if not bool(torch.isfinite(chunk.float() if chunk.element_size() == 1 else chunk).all()):
+            return False
+    return True
+
+
+def check_finite_checkpoint(path: str | os.PathLike) -> int:
+    """Read every tensor of a checkpoint and raise WrongFileError naming the first one with NaN or infinite values.
+
+    Reads the whole file once (memory-mapped, one tensor at a time); returns the number of tensors checked."""
+    path = Path(path)
+    with CheckpointFile(path) as f:
+        for n, key in enumerate(f.keys, 1):
+            interrupt.check("checking the model weights")
+            if not _is_finite(f.get(key)):
+                raise WrongFileError(f"{path.name}: tensor {key} contains NaN or infinite values; the file is corrupt — "
+                                     "download it again")
+    return len(f.keys)
+
+
 def load_fusion_model(
     path: str | os.PathLike,
     device: torch.device | str = "cpu",
@@ -195,12 +227,17 @@ def load_fusion_model(
     config: FusionConfig | None = None,
     variant: str | None = None,
     attention: str = "sdpa",
+    check_finite: bool = False,
+    operations=None,
 ) -> tuple[OviFusion, LoadInfo]:
-    """Load a fused checkpoint into an OviFusion, streaming tensors one by one.
+    """Load a fused checkpoint into an OviFusion, tensor by tensor (memory-mapped: no copy when the stored dtype is
+    the one kept and the device is the CPU).
 
     dtype: compute dtype. weight_dtype: how weights are kept in memory — "auto" (fp8 files stay fp8, others
     take the compute dtype), "bf16", "fp16", "fp32", or "fp8_e4m3fn" (block matmul weights cast to fp8 e4m3fn,
     upcast per layer when used; halves memory at some quality cost, as the reference's fp8 file).
+    check_finite: scan every tensor for NaN/Inf (reads the whole file during the load; check-weights does it).
+    operations: the layer classes to build the model from (see OviFusion).
     """
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
@@ -217,7 +254,7 @@ def load_fusion_model(
             log.warning("%s: cannot tell the variant from the file name; assuming %s (set it explicitly if wrong)",
                         info.path.name, variant_name)
     with torch.device("meta"):
-        model = OviFusion(cfg)
+        model = OviFusion(cfg, operations=operations)
     _check_keys(model, info)
 
     store = WEIGHT_DTYPES[weight_dtype]
@@ -232,9 +269,10 @@ def load_fusion_model(
             target = tensor.dtype if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
         else:
             target = store
-        tensor = tensor.to(device=device, dtype=target)
-        if not torch.isfinite(tensor.float() if tensor.dtype.itemsize == 1 else tensor).all():
-            raise WrongFileError(f"{info.path.name}: tensor {name} contains NaN or infinite values; the file is corrupt")
+        tensor = tensor.to(device=device, dtype=target)  # no copy when it already is (a view of the file's map)
+        if check_finite and not _is_finite(tensor):
+            raise WrongFileError(f"{info.path.name}: tensor {name} contains NaN or infinite values; the file is corrupt "
+                                 "— download it again")
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)

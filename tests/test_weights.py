@@ -14,6 +14,7 @@ from ovi_core.config import FusionConfig
 from ovi_core.errors import WrongFileError
 from ovi_core.fusion import OviFusion
 from ovi_core.weights import (
+    check_finite_checkpoint,
     config_from_checkpoint,
     detect_variant,
     init_weights_seeded,
@@ -178,7 +179,47 @@ def test_truncated_corrupt_and_foreign_files(tmp_path, golden_dir, tiny_sd):
     bad["audio_model.head.head.bias"] = torch.full((20,), float("nan"))
     save_file(bad, str(tmp_path / "nan.safetensors"))
     with pytest.raises(WrongFileError, match="NaN"):
-        load_fusion_model(tmp_path / "nan.safetensors", config=FusionConfig.tiny())
+        load_fusion_model(tmp_path / "nan.safetensors", config=FusionConfig.tiny(), check_finite=True)
+
+
+def test_finite_scan_is_optional_and_names_the_tensor(tmp_path, tiny_sd):
+    save_file(tiny_sd, str(tmp_path / "good.safetensors"))
+    assert check_finite_checkpoint(tmp_path / "good.safetensors") == len(tiny_sd)
+    bad = dict(tiny_sd)
+    w = bad["video_model.blocks.1.ffn.0.weight"].clone()
+    w.view(-1)[-1] = float("inf")  # the last element: the chunked scan must reach it
+    bad["video_model.blocks.1.ffn.0.weight"] = w
+    path = tmp_path / "inf.safetensors"
+    save_file(bad, str(path))
+    model, _ = load_fusion_model(path, dtype=torch.float32, config=FusionConfig.tiny())  # default: no scan
+    assert torch.isinf(model.video_model.blocks[1].ffn[0].weight).any()
+    name = r"video_model\.blocks\.1\.ffn\.0\.weight contains NaN or infinite"
+    with pytest.raises(WrongFileError, match=name):
+        load_fusion_model(path, dtype=torch.float32, config=FusionConfig.tiny(), check_finite=True)
+    with pytest.raises(WrongFileError, match=name):
+        check_finite_checkpoint(path)
+    w.view(-1)[-1] = float("nan")  # e4m3fn has no inf
+    fp8 = {k: (v.to(torch.float8_e4m3fn) if ".blocks." in k and v.dim() == 2 else v) for k, v in bad.items()}
+    save_file(fp8, str(tmp_path / "fp8.safetensors"))
+    with pytest.raises(WrongFileError, match=name):
+        check_finite_checkpoint(tmp_path / "fp8.safetensors")
+
+
+def test_weights_are_used_in_place_in_the_file_map(golden_dir, tiny_sd):
+    # same dtype, CPU: every parameter lies in the memory-mapped file, at its offset in the file (no copy)
+    from ovi_core.checkpoint_io import read_safetensors_header
+
+    path = golden_dir / "tiny_fusion.safetensors"
+    header, _ = read_safetensors_header(path)
+    model, _ = load_fusion_model(path, dtype=torch.float32, config=FusionConfig.tiny())
+    params = dict(model.named_parameters())
+    first = min(header, key=lambda k: header[k]["data_offsets"][0])
+    base = params[first].data_ptr() - header[first]["data_offsets"][0]
+    assert all(params[k].data_ptr() - base == header[k]["data_offsets"][0] for k in header)
+    # a dtype change copies, one tensor at a time
+    model, _ = load_fusion_model(path, dtype=torch.bfloat16, config=FusionConfig.tiny())
+    params = dict(model.named_parameters())
+    assert sum(params[k].data_ptr() - base == header[k]["data_offsets"][0] for k in header) == 0
 
 
 def test_attention_backend_falls_back_to_sdpa_with_a_log(caplog):
