@@ -175,3 +175,48 @@ def test_full_size_forward_runs_on_the_meta_device(frames, side, audio_len):
                  skip_mask=torch.tensor([False, True]))
     assert v.shape == video.shape and a.shape == audio.shape
     assert v.dtype == a.dtype == torch.float32
+
+
+class _CountingOps:
+    """A caller's layer namespace (as comfy.ops.manual_cast): plain torch layers that count their instances."""
+
+    counts: dict[str, int] = {}
+
+    @classmethod
+    def reset(cls):
+        cls.counts = {}
+
+    @staticmethod
+    def _counted(base):
+        class Counted(base):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                _CountingOps.counts[base.__name__] = _CountingOps.counts.get(base.__name__, 0) + 1
+
+        return Counted
+
+
+for _name in ("Linear", "Conv1d", "Conv3d", "LayerNorm", "RMSNorm"):
+    setattr(_CountingOps, _name, _CountingOps._counted(getattr(torch.nn, _name)))
+
+
+def test_caller_operations_build_the_same_model(golden_dir, tiny_fusion):
+    from ovi_core.weights import load_fusion_model
+
+    _CountingOps.reset()
+    model, _ = load_fusion_model(golden_dir / "tiny_fusion.safetensors", dtype=torch.float32,
+                                 config=FusionConfig.tiny(), variant="720x720_5s", operations=_CountingOps)
+    layers = FusionConfig.tiny().num_layers
+    # per tower: 12 Linear per block + text (2), time (2), projection, head; 4 LayerNorm + 5 RMSNorm per block
+    assert _CountingOps.counts == {"Linear": 2 * (12 * layers + 6), "Conv3d": 1, "Conv1d": 4,
+                                   "LayerNorm": 2 * (4 * layers + 1), "RMSNorm": 2 * 5 * layers}
+    assert isinstance(model.video_model.blocks[0].cross_attn.k_fusion, _CountingOps.Linear)
+    assert list(model.state_dict()) == list(tiny_fusion.state_dict())  # the same checkpoint keys
+    for case in (0, 2):  # plain, and image-to-video with SLG
+        d = _case(golden_dir, case)
+        args = (d["in.video_latent"], d["in.audio_latent"], d["in.t"], [d["in.video_context"]], [d["in.audio_context"]])
+        kw = dict(first_frame_is_clean=bool(d["in.first_frame_is_clean"].item()), slg_layer=int(d["in.slg_layer"].item()))
+        got, want = model(*args, **kw), tiny_fusion(*args, **kw)
+        torch.testing.assert_close(got[0], want[0], atol=2e-6, rtol=0)
+        torch.testing.assert_close(got[1], want[1], atol=2e-6, rtol=0)
+        torch.testing.assert_close(got[0][0], d["out.video"], atol=1e-5, rtol=0)
