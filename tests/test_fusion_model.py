@@ -220,3 +220,17 @@ def test_caller_operations_build_the_same_model(golden_dir, tiny_fusion):
         torch.testing.assert_close(got[0], want[0], atol=2e-6, rtol=0)
         torch.testing.assert_close(got[1], want[1], atol=2e-6, rtol=0)
         torch.testing.assert_close(got[0][0], d["out.video"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patch_embedding_matmul_equals_the_convolution(dtype):
+    from ovi_core.layers import Conv3d
+
+    conv = Conv3d(48, 64, kernel_size=(1, 2, 2), stride=(1, 2, 2)).to(dtype)
+    conv.compute_dtype = dtype
+    x = torch.randn(2, 48, 3, 6, 8)
+    tokens, grid = conv.patch_tokens(x)
+    ref = conv(x)  # [B, 64, 3, 3, 4]
+    assert grid == tuple(ref.shape[2:]) and tokens.dtype == dtype
+    torch.testing.assert_close(tokens, ref.flatten(2).transpose(1, 2), atol=1e-5 if dtype == torch.float32 else 2e-2,
+                               rtol=0 if dtype == torch.float32 else 1e-2)
