@@ -27,6 +27,7 @@ CASE_KINDS: dict[str, str] = {
     "video_decode_case": "ovi_core.conformance_cases.video_vae:run_decode",
     "video_encode_case": "ovi_core.conformance_cases.video_vae:run_encode",
     "audio_decode_case": "ovi_core.conformance_cases.audio:run",
+    "audio_encode_case": "ovi_core.conformance_cases.audio_encode:run",
 }
 
 _CASE_RE = re.compile(r"^(?P<kind>[a-z0-9_]+?_case)_(?P<index>\d+)\.safetensors$")
