@@ -133,8 +133,15 @@ class LogMel(nn.Module):
         x = wave.float().clamp(-1.0, 1.0)  # MMAudio clips to [-1, 1] before the STFT
         x = F.pad(x.unsqueeze(1), (s.pad, s.pad), mode="reflect").squeeze(1)
         spec = torch.stft(
-            x, s.n_fft, hop_length=s.hop, win_length=s.win, window=self.window.to(x.device, torch.float32),
-            center=False, normalized=False, onesided=True, return_complex=True,
+            x,
+            s.n_fft,
+            hop_length=s.hop,
+            win_length=s.win,
+            window=self.window.to(x.device, torch.float32),
+            center=False,
+            normalized=False,
+            onesided=True,
+            return_complex=True,
         )  # [B, 513, frames]
         spec = torch.view_as_real(spec)
         return torch.sqrt(spec.pow(2).sum(-1) + s.magnitude_eps)
@@ -207,9 +214,9 @@ class AudioEncoder(nn.Module):
     sample_rate = SAMPLE_RATE
     samples_per_latent = SAMPLES_PER_LATENT
 
-    def __init__(self, cfg: MelVAEConfig = MelVAEConfig()):
+    def __init__(self, cfg: MelVAEConfig | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = cfg or MelVAEConfig()
         self.mel = LogMel(MelSettings(n_mels=cfg.data_dim))
         self.encoder = MelEncoder(cfg)
         self.register_buffer("data_mean", torch.tensor(MEL_MEAN_80).view(1, -1, 1))
