@@ -340,3 +340,21 @@ def load_audio_encoder(
             f"{name} is a BigVGAN vocoder, not the audio VAE; the audio encoder needs MMAudio's `v1-16.pth`"
         )
     return audio_encoder_from_state_dict(sd, dtype, normalized=normalized, source=name).to(device)
+
+
+def build_demo_audio_encoder(
+    seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> AudioEncoder:
+    """A tiny MMAudio-shaped audio encoder (hidden 16) with deterministic weights, no file: the encoder half that
+    goes with mmaudio_vae.build_demo_audio_decoder (shapes only; its weights are not trained to invert it)."""
+    g = torch.Generator().manual_seed(seed)
+    enc = AudioEncoder(MelVAEConfig.tiny())
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if name.endswith("learnable_gain"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+    enc.normalize_weights_().eval().requires_grad_(False)
+    enc.encoder.to(dtype)
+    return enc.to(device)

@@ -10,6 +10,8 @@ whose weights are normalised once at load (w / |w| / sqrt(fan_in), per output ch
 normalisation"), magnitude-preserving SiLU (silu / 0.596) and sums, pixel norm in every residual block, one
 single-head attention layer and one 2x nearest upsampling; activations are clamped to +-256. The mel is then
 un-normalised with the 80 per-bin `data_mean` / `data_std` stored in the file.
+
+The encoder half (waveform -> mel -> latent) is in `mmaudio_encoder.py`; preparing user audio in `audio_input.py`.
 """
 
 from __future__ import annotations

@@ -302,3 +302,13 @@ def test_bad_arguments_of_the_encode_functions(encoder):
         encoder.encode(torch.zeros(1, 300))
     with pytest.raises(OviInputError, match=r"mono 16 kHz waveform \[batch, samples\]"):
         encoder.encode(torch.zeros(1, 2, 1000))
+
+
+def test_demo_encoder_shapes_and_determinism():
+    from ovi_core.mmaudio_encoder import build_demo_audio_encoder
+
+    wave = torch.randn(1, 3, 30000, generator=torch.Generator().manual_seed(5)) * 0.3
+    z = encode_audio_batch(build_demo_audio_encoder(seed=0), wave, 24000, "720x720_5s")
+    assert z.shape == (1, 157, 20) and torch.isfinite(z).all() and z.std() > 1e-3
+    assert torch.equal(encode_audio_batch(build_demo_audio_encoder(seed=0), wave, 24000, "720x720_5s"), z)
+    assert not torch.equal(encode_audio_batch(build_demo_audio_encoder(seed=1), wave, 24000, "720x720_5s"), z)
