@@ -404,7 +404,12 @@ class _OviSolverFunction:
         shift = float(model.inner_model.inner_model.model_sampling.shift)
         steps = len(sigmas) - 1
         sched = make_scheduler(self.solver, steps, shift)
-        if not torch.allclose(sched.sigmas.to(sigmas), sigmas, rtol=0, atol=1e-6):
+        ours = sched.sigmas.to(sigmas)
+        if abs(float(sigmas[-1]) - 0.001) < 1e-6 and torch.allclose(ours[:-1], sigmas[:-1], rtol=0, atol=1e-6):
+            # core's uni_pc sets the last σ to 0.001 *in place* in the SIGMAS it gets (comfy/extra_samplers/uni_pc.py),
+            # i.e. in a scheduler node's cached output; core divides the result by 1 − σ_last after sampling: undo it
+            sigmas[-1] = 0.0
+        if not torch.allclose(ours, sigmas, rtol=0, atol=1e-6):
             raise OviInputError(f"Ovi's {self.solver} sampler runs on Ovi's {self.solver} σ list ({steps} steps, "
                                 f"shift {shift:g}: Ovi Scheduler); got other sigmas")
         # Ovi starts from the plain noise even where σ_0 < 1 (unipc): undo core's noise scaling σ_0·ε + (1 − σ_0)·x0

@@ -270,3 +270,24 @@ def test_no_noise_second_stage_runs_on_the_joint_latent(fusion, texts, custom_sa
     out, _ = _out(custom_sampler.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent))
     for before, after in zip(first, out["samples"].unbind()):
         assert after.shape == before.shape and torch.isfinite(after).all()
+
+
+def test_ovi_solver_runs_on_a_sigma_list_core_uni_pc_has_edited(fusion, texts, custom_sampler):
+    """Core uni_pc sets the last σ of the SIGMAS it is given to 0.001 in place (a scheduler node's cached output is
+    then changed for every later use); Ovi Sampler Select restores the 0 and gives Ovi's result."""
+    sigmas = _one(nn.OviScheduler.execute(solver="unipc", steps=STEPS, shift=5.0))
+    model = native.build_model_patcher(fusion, slg_layer=1)
+    guider = _one(nn.OviGuider.execute(model=model, positive=[[texts.positive[None], {}]],
+                                       negative=[[texts.video_negative[None], {}]], video_cfg=4.0, audio_cfg=3.0,
+                                       skip_layer=1, audio_negative=[[texts.audio_negative[None], {}]]))
+    latent = _one(nn.OviEmptyLatent.execute(width=SIDE, height=SIDE, length=5, batch_size=1))
+    noise = _one(nn.OviNoise.execute(seed=SEED, add_noise=True))
+    custom_sampler.SamplerCustomAdvanced.execute(noise, guider, _one(custom_sampler.KSamplerSelect.execute("uni_pc")),
+                                                 sigmas, latent)
+    assert abs(float(sigmas[-1]) - 0.001) < 1e-6  # core's in-place edit
+    out, _ = _out(custom_sampler.SamplerCustomAdvanced.execute(
+        noise, guider, _one(nn.OviSamplerSelect.execute(solver="unipc")), sigmas, latent))
+    assert float(sigmas[-1]) == 0.0
+    video_raw, audio = out["samples"].unbind()
+    ref_v, ref_a = _reference(fusion, texts, "unipc")
+    assert (_model_space(video_raw) - ref_v).abs().max() < TOL and (audio.transpose(1, 2) - ref_a).abs().max() < TOL
