@@ -254,6 +254,8 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
                        "pickles are never executed). Exit 3 when a needed file is missing or unusable.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_weight_args(c)
+    c.add_argument("--quick", action="store_true", help="check headers, keys, shapes and dtypes only; skip reading "
+                   "every value of the fused model for NaN/Inf (which reads the whole file)")
     c.add_argument("-q", "--quiet", action="store_true", help=argparse.SUPPRESS)
     c.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -788,7 +790,9 @@ def cmd_check_weights(args) -> int:
         return EXIT_OK
     print(f"Ovi {paths.variant}:")
     bad = 0
-    for part, path, problem, about in check_weight_files(paths):
+    if not args.quick:
+        print("reading every tensor of the fused model for NaN/Inf (skip with --quick) ...", flush=True)
+    for part, path, problem, about in check_weight_files(paths, scan_values=not args.quick):
         status = "ok  " if problem is None else "BAD "
         print(f"  {status}{LABELS[part]:<26} {path}")
         print(f"        {about if problem is None else problem}")

@@ -404,16 +404,29 @@ def _check_vocoder(path: Path) -> str:
     return f"BigVGAN vocoder (16 kHz, MMAudio); tensors: {dtypes}"
 
 
-def check_weight_files(paths: OviWeightPaths, full: bool = True) -> list[tuple[str, Path, str | None, str]]:
+def _check_fusion_values(path: Path) -> str:
+    """The fused file's header and keys, then every value read once (NaN/Inf would be a corrupt download)."""
+    from ovi_core.weights import check_finite_checkpoint
+
+    about = _check_fusion(path)
+    n = check_finite_checkpoint(path)
+    return f"{about}; all {n} tensors finite"
+
+
+def check_weight_files(paths: OviWeightPaths, full: bool = True,
+                       scan_values: bool = False) -> list[tuple[str, Path, str | None, str]]:
     """Read every file of ``paths`` and say what it is: (part, path, problem or None, description).
 
     Headers and keys only where that suffices (the fused model, the text encoder, the video VAE, the vocoder:
     missing keys, shapes, dtypes, truncation); with ``full`` the small audio VAE is loaded in full (without, its
     key signature is checked). Torch files are opened with
-    weights_only=True, so no pickled code ever runs. Problems are WrongFileError/OviInputError messages."""
+    weights_only=True, so no pickled code ever runs. With ``scan_values`` every tensor of the fused model is also
+    read and checked for NaN/Inf (the whole file is read: about as long as copying it). Problems are
+    WrongFileError/OviInputError messages."""
     from ovi_core.errors import OviError
 
-    checks = [("fusion", paths.fusion, lambda: _check_fusion(paths.fusion)),
+    fusion_check = _check_fusion_values if scan_values else _check_fusion
+    checks = [("fusion", paths.fusion, lambda: fusion_check(paths.fusion)),
               ("text_encoder", paths.text_encoder, lambda: _check_text_encoder(paths.text_encoder, paths.tokenizer)),
               ("video_vae", paths.video_vae, lambda: _check_video_vae(paths.video_vae)),
               ("audio_vae", paths.audio_vae, lambda: _check_audio_vae(paths.audio_vae, full))]

@@ -250,3 +250,25 @@ def test_a_signal_to_the_process_leaves_no_partial_mp4(tmp_path, sig, code):
     reader.join(timeout=10)
     assert b"no partial file" in err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_check_weights_reads_every_fused_value_unless_quick(tmp_path, capsys):
+    # a download with one corrupt value has a valid header and keys: only reading the values finds it
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ovi_core.demo import write_demo_checkpoints
+
+    write_demo_checkpoints(tmp_path / "ckpts", "reference")
+    fused = tmp_path / "ckpts" / "Ovi" / "model.safetensors"
+    with safe_open(str(fused), "pt") as f:
+        meta = f.metadata()
+    sd = load_file(str(fused))
+    key = sorted(k for k in sd if k.endswith("ffn.0.weight"))[0]
+    sd[key].view(-1)[3] = float("nan")
+    save_file(sd, str(fused), metadata=meta)
+    assert run("check-weights", "--ckpt-dir", tmp_path / "ckpts") == 3
+    out = capsys.readouterr()
+    assert f"tensor {key} contains NaN or infinite values" in out.out and "BAD" in out.out
+    assert run("check-weights", "--quick", "--ckpt-dir", tmp_path / "ckpts") == 0
+    assert "all weight files are usable" in capsys.readouterr().out
