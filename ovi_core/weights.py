@@ -191,18 +191,44 @@ def _is_matmul_weight(name: str, t: torch.Tensor) -> bool:
     return ".blocks." in name and name.endswith(".weight") and t.dim() == 2
 
 
-_SCAN_CHUNK = 1 << 22  # elements per isfinite pass: bounded temporaries whatever the tensor size
+_SCAN_CHUNK = 1 << 22  # elements per pass: bounded temporaries whatever the tensor size
+# A value is NaN or infinite when all its exponent bits are set (e4m3fn: exponent and mantissa, its only NaN; it has
+# no infinity): checked on the bits as integers, several times faster than isfinite on 16- and 8-bit floats.
+_NONFINITE_BITS = {
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.bfloat16: (torch.int16, 0x7F80),
+    torch.float16: (torch.int16, 0x7C00),
+    torch.float8_e4m3fn: (torch.uint8, 0x7F),
+    torch.float8_e5m2: (torch.uint8, 0x7C),
+}
 
 
-def _is_finite(t: torch.Tensor) -> bool:
-    """No NaN or infinite value in t (chunked: at most a few MB of temporaries; 1-byte floats upcast per chunk)."""
-    if not t.is_floating_point():
+class _FiniteScan:
+    """Checks tensors for NaN/Inf in chunks, into one reused buffer per integer width: no allocation per tensor,
+    so a load that scans does not fragment the heap (fresh temporaries between the model's small allocations
+    grew the process by ~0.4x the file)."""
+
+    def __init__(self):
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+
+    def __call__(self, t: torch.Tensor) -> bool:
+        if not t.is_floating_point():
+            return True
+        flat = t.detach().reshape(-1)
+        bits = _NONFINITE_BITS.get(t.dtype)
+        for chunk in flat.split(_SCAN_CHUNK):
+            if bits is None:
+                bad = not bool(torch.isfinite(chunk).all())
+            else:
+                int_dtype, mask = bits
+                buf = self._buffers.get(int_dtype)
+                if buf is None or buf.device != chunk.device:
+                    buf = self._buffers[int_dtype] = torch.empty(_SCAN_CHUNK, dtype=int_dtype, device=chunk.device)
+                out = buf[: chunk.numel()]
+                bad = bool(torch.bitwise_and(chunk.view(int_dtype), mask, out=out).eq_(mask).any())
+            if bad:
+                return False
         return True
-    flat = t.detach().reshape(-1)
-    for chunk in flat.split(_SCAN_CHUNK):
-        if not bool(torch.isfinite(chunk.float() if chunk.element_size() == 1 else chunk).all()):
-            return False
-    return True
 
 
 def check_finite_checkpoint(path: str | os.PathLike) -> int:
@@ -210,10 +236,11 @@ def check_finite_checkpoint(path: str | os.PathLike) -> int:
 
     Reads the whole file once (memory-mapped, one tensor at a time); returns the number of tensors checked."""
     path = Path(path)
+    scan = _FiniteScan()
     with CheckpointFile(path) as f:
-        for n, key in enumerate(f.keys, 1):
+        for key in f.keys:
             interrupt.check("checking the model weights")
-            if not _is_finite(f.get(key)):
+            if not scan(f.get(key)):
                 raise WrongFileError(f"{path.name}: tensor {key} contains NaN or infinite values; the file is corrupt — "
                                      "download it again")
     return len(f.keys)
@@ -260,6 +287,7 @@ def load_fusion_model(
     store = WEIGHT_DTYPES[weight_dtype]
     device = torch.device(device)
     total_bytes = 0
+    scan = _FiniteScan() if check_finite else None
 
     def place(name: str, tensor: torch.Tensor) -> None:
         nonlocal total_bytes
@@ -270,7 +298,7 @@ def load_fusion_model(
         else:
             target = store
         tensor = tensor.to(device=device, dtype=target)  # no copy when it already is (a view of the file's map)
-        if check_finite and not _is_finite(tensor):
+        if scan is not None and not scan(tensor):
             raise WrongFileError(f"{info.path.name}: tensor {name} contains NaN or infinite values; the file is corrupt "
                                  "— download it again")
         module_name, _, attr = name.rpartition(".")
