@@ -1,4 +1,6 @@
-"""ComfyUI-Ovi: ComfyUI entry point. Imports outside ComfyUI too (the node mappings are then still defined).
+"""ComfyUI-Ovi: ComfyUI entry point. ComfyUI calls ``comfy_entrypoint()`` (V3: a ComfyExtension listing the nodes).
+Imports outside ComfyUI too (``NODE_LIST`` and ``comfy_entrypoint`` are then still defined, over the pack's schema
+stand-in). No NODE_CLASS_MAPPINGS: ComfyUI would read it first and ignore the entry point.
 
 ComfyUI imports this folder as a package named after the folder; the pure-PyTorch core must be importable as
 ``ovi_core`` (its modules import each other by that name), so it is registered under that name from this folder
@@ -40,9 +42,10 @@ if _missing:
     logging.getLogger(__name__).error("ComfyUI-Ovi: missing Python package%s %s; no Ovi nodes are loaded. Install "
                                       "them into ComfyUI's Python and restart: %s", "s" if len(_missing) > 1 else "",
                                       ", ".join(_missing), install_command())
-    NODE_CLASS_MAPPINGS: dict = {}
+    NODE_CLASS_MAPPINGS: dict = {}  # ComfyUI takes this (empty) V1 mapping: no nodes, no further message
     NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+    __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 else:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+    from .nodes import NODE_LIST, comfy_entrypoint  # noqa: E402
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    __all__ = ["NODE_LIST", "comfy_entrypoint"]

@@ -31,6 +31,16 @@ except ImportError:
     mm = folder_paths = None
     HAVE_COMFY = False
 
+try:  # the V3 node schema: ComfyUI's, or the pack's stand-in with the same names (nodes/schema.py)
+    from comfy_api.latest import ComfyExtension, io
+
+    HAVE_COMFY_API = True
+except ImportError:
+    from . import schema as io
+    from .schema import ComfyExtension
+
+    HAVE_COMFY_API = False
+
 DEMO_ENTRY = "(demo) tiny built-in model"
 
 # Folder kinds. "ovi" (models/ovi) is ours; "mmaudio" (models/mmaudio) is where the MMAudio node packs keep the
@@ -144,6 +154,51 @@ def compute_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
             return torch.float16
         return torch.float32
     return torch.bfloat16
+
+
+# ---- the MODEL and the joint LATENT ------------------------------------------------------------------------------
+def native_model():
+    """nodes/native_model.py (Ovi as a ComfyUI BaseModel); only with ComfyUI (it builds on comfy.model_base)."""
+    from . import native_model as module
+
+    return module
+
+
+def layer_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype, load_device: torch.device):
+    """ComfyUI's layer classes for weights kept in ``weight_dtype`` and run in ``compute_dtype`` (casting, fp8
+    storage, lowvram partial loading), or None (ovi_core's own layers) without ComfyUI."""
+    if not HAVE_COMFY:
+        return None
+    import comfy.ops
+
+    return comfy.ops.pick_operations(weight_dtype, compute_dtype, load_device=load_device)
+
+
+def load_model(model) -> None:
+    """Before sampling with a MODEL's module directly: ComfyUI loads it (as much as fits, patches such as LoRAs
+    applied), freeing other models as needed. A no-op for the plain stand-in without ComfyUI."""
+    if HAVE_COMFY and isinstance(model, comfy.model_patcher.ModelPatcher):
+        mm.load_models_gpu([model])
+
+
+class PlainNested:
+    """Stand-in for comfy.nested_tensor.NestedTensor without ComfyUI: the joint latent's parts."""
+
+    def __init__(self, tensors):
+        self.tensors = list(tensors)
+        self.is_nested = True
+
+    def unbind(self):
+        return self.tensors
+
+
+def nested(tensors):
+    """A NestedTensor (ComfyUI's joint audio+video LATENT samples / noise_mask) of ``tensors``."""
+    if HAVE_COMFY:
+        import comfy.nested_tensor
+
+        return comfy.nested_tensor.NestedTensor(tensors)
+    return PlainNested(tensors)
 
 
 # ---- memory management ---------------------------------------------------------------------------------------

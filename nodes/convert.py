@@ -191,3 +191,32 @@ def conditioning_to_states(conditioning, socket: str) -> torch.Tensor:
         log.warning("%s is %d tokens long; Ovi reads at most %d, the rest is dropped", socket, length, TEXT_LEN)
         length = TEXT_LEN
     return x[:length].cpu()
+
+
+AUDIO_CONTEXT_KEY = "ovi_audio_context"  # a CONDITIONING entry's audio-tower text (native_model.AUDIO_CONTEXT_KEY)
+
+
+def states_to_conditioning(states: torch.Tensor, **extra) -> list:
+    """Ovi text states [tokens, 4096] -> core CONDITIONING [[states zero-padded to [1, 512, 4096], extra]] — the
+    layout core CLIPTextEncode gives with a umT5-XXL (CLIPLoader type wan)."""
+    x = states.float().cpu()[:TEXT_LEN]
+    padded = torch.zeros(1, TEXT_LEN, x.shape[-1])
+    padded[0, : x.shape[0]] = x
+    return [[padded, dict(extra)]]
+
+
+def text_from_conditioning(positive, video_negative=None, audio_negative=None):
+    """(positive, video negative, audio negative) states [tokens, 4096] from CONDITIONING. A negative entry's
+    ``ovi_audio_context`` (Ovi Text Encode's negative) is the audio negative unless one is given; a missing
+    negative falls back to the other one, or to an all-zero context with a warning."""
+    pos = conditioning_to_states(positive, "positive")
+    vneg = conditioning_to_states(video_negative, "video_negative") if video_negative is not None else None
+    aneg = conditioning_to_states(audio_negative, "audio_negative") if audio_negative is not None else None
+    if aneg is None and vneg is not None and isinstance(video_negative[0][1], dict) \
+            and isinstance(video_negative[0][1].get(AUDIO_CONTEXT_KEY), torch.Tensor):
+        aneg = conditioning_to_states([[video_negative[0][1][AUDIO_CONTEXT_KEY], {}]], "audio_negative")
+    if vneg is None and aneg is None:
+        log.warning("Ovi: no negative conditioning connected; the negative pass uses an all-zero context. Connect "
+                    "CLIPTextEncode with Ovi's negatives for the reference behaviour")
+        vneg = aneg = torch.zeros(1, TEXT_DIM)
+    return pos, (vneg if vneg is not None else aneg), (aneg if aneg is not None else vneg)

@@ -1,8 +1,10 @@
-"""Decode nodes: video LATENT -> IMAGE frames, audio LATENT -> AUDIO."""
+"""Decode nodes (V3): video LATENT -> IMAGE frames, audio LATENT -> AUDIO."""
 
 from __future__ import annotations
 
 from . import bridge
+from .bridge import io
+from .handles import OviAudioVAEType, OviVideoVAEType
 from .convert import audio_latent_from_comfy, frames_to_image, video_latent_from_comfy
 
 SAMPLE_RATES = ("16000", "22050", "24000", "32000", "44100", "48000")
@@ -27,60 +29,60 @@ def sample_rate_problem(value) -> str | None:
 OVERLAP = 16  # latent pixels shared by neighbouring tiles (256 picture pixels): 5e-4 from untiled on the tiny VAE (8: 3e-2)
 
 
-class OviVideoDecode:
-    DESCRIPTION = "Decodes an Ovi (Wan2.2) video latent into frames: an IMAGE batch, one image per frame."
-    CATEGORY = "Ovi/decode"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("frames",)
-    OUTPUT_TOOLTIPS = ("The frames [frames, height, width, 3], 0..1 — for Ovi Mux, CreateVideo, SaveImage, ...",)
-    FUNCTION = "decode"
+class OviVideoDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OviVideoDecode", display_name="Ovi Video Decode", category="Ovi/decode",
+            description="Decodes an Ovi (Wan2.2) video latent into frames: an IMAGE batch, one image per frame.",
+            inputs=[
+                OviVideoVAEType.Input("video_vae", tooltip="From Ovi Video VAE Loader."),
+                io.Latent.Input("video_latent", tooltip=(
+                    "Ovi Sampler's video_latent (any 48-channel Wan2.2 video latent).")),
+                io.Boolean.Input("tiled", default=False, tooltip=(
+                    "Decode in overlapping spatial tiles: much less memory, seams cross-faded (the low-resolution "
+                    "trunk still sees whole frames).")),
+                io.Int.Input("tile_size", default=512, min=384, max=4096, step=32,
+                             tooltip="Tile side in pixels when tiled (tiles overlap by 256 pixels)."),
+            ],
+            outputs=[io.Image.Output("frames", tooltip=(
+                "The frames [frames, height, width, 3], 0..1 — for Ovi Mux, CreateVideo, SaveImage, ..."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "video_vae": ("OVI_VIDEO_VAE", {"tooltip": "From Ovi Video VAE Loader."}),
-            "video_latent": ("LATENT", {"tooltip": "Ovi Sampler's video_latent (any 48-channel Wan2.2 video latent)."}),
-            "tiled": ("BOOLEAN", {"default": False,
-                                  "tooltip": "Decode in overlapping spatial tiles: much less memory, seams "
-                                             "cross-faded (the low-resolution trunk still sees whole frames)."}),
-            "tile_size": ("INT", {"default": 512, "min": 384, "max": 4096, "step": 32,
-                                  "tooltip": "Tile side in pixels when tiled (tiles overlap by 256 pixels)."}),
-        }}
-
-    def decode(self, video_vae, video_latent, tiled, tile_size):
+    def execute(cls, video_vae, video_latent, tiled, tile_size):
         latent = video_latent_from_comfy(video_latent)
         tile = (tile_size // 16, tile_size // 16) if tiled else None
         frames = video_vae.acquire().decode(latent, tile=tile, tile_overlap=OVERLAP)  # [B, 3, T, H, W] in [-1, 1]
-        return (frames_to_image(frames, bridge.intermediate_device()),)
+        return io.NodeOutput(frames_to_image(frames, bridge.intermediate_device()))
 
 
-class OviAudioDecode:
-    DESCRIPTION = "Decodes an Ovi audio latent into a waveform (MMAudio VAE + BigVGAN), 16 kHz or resampled."
-    CATEGORY = "Ovi/decode"
-    RETURN_TYPES = ("AUDIO",)
-    RETURN_NAMES = ("audio",)
-    OUTPUT_TOOLTIPS = ("The sound {waveform [1, 1, samples], sample_rate} — for Ovi Mux, PreviewAudio, SaveAudio, ...",)
-    FUNCTION = "decode"
+class OviAudioDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OviAudioDecode", display_name="Ovi Audio Decode", category="Ovi/decode",
+            description="Decodes an Ovi audio latent into a waveform (MMAudio VAE + BigVGAN), 16 kHz or resampled.",
+            inputs=[
+                OviAudioVAEType.Input("audio_vae", tooltip="From Ovi Audio VAE Loader."),
+                io.Latent.Input("audio_latent", tooltip="Ovi Sampler's audio_latent."),
+                io.Combo.Input("sample_rate", options=list(SAMPLE_RATES), default="16000", tooltip=(
+                    "Output sample rate in Hz. 16000 is what Ovi makes; other rates are resampled (band-limited).")),
+            ],
+            outputs=[io.Audio.Output("audio", tooltip=(
+                "The sound {waveform [1, 1, samples], sample_rate} — for Ovi Mux, PreviewAudio, SaveAudio, ..."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "audio_vae": ("OVI_AUDIO_VAE", {"tooltip": "From Ovi Audio VAE Loader."}),
-            "audio_latent": ("LATENT", {"tooltip": "Ovi Sampler's audio_latent."}),
-            "sample_rate": (list(SAMPLE_RATES), {
-                "default": "16000",
-                "tooltip": "Output sample rate in Hz. 16000 is what Ovi makes; other rates are resampled (band-limited)."}),
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, sample_rate=None):
+    def validate_inputs(cls, sample_rate=None):
         """Takes the combo's text or the same number (ComfyUI itself would refuse 16000 as "not in list"); a missing
         input is left to ComfyUI, a linked one (None) is checked when the node runs."""
         if sample_rate is None:
             return True
         return sample_rate_problem(sample_rate) or True
 
-    def decode(self, audio_vae, audio_latent, sample_rate):
+    @classmethod
+    def execute(cls, audio_vae, audio_latent, sample_rate):
         from ovi_core.errors import OviInputError
 
         if (msg := sample_rate_problem(sample_rate)) is not None:
@@ -93,4 +95,4 @@ class OviAudioDecode:
             from ovi_core.audio_resample import resample_audio
 
             waveform = resample_audio(waveform, decoder.sample_rate, rate)
-        return ({"waveform": waveform.to(bridge.intermediate_device()), "sample_rate": rate},)
+        return io.NodeOutput({"waveform": waveform.to(bridge.intermediate_device()), "sample_rate": rate})

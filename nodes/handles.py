@@ -1,6 +1,7 @@
 """The objects that travel on the pack's own sockets.
 
-OVI_MODEL, OVI_TEXT_ENCODER, OVI_VIDEO_VAE and OVI_AUDIO_VAE carry an ovi_core object plus how ComfyUI manages its
+MODEL is core's (a ModelPatcher over native_model.OviAV; a plain stand-in without ComfyUI).
+OVI_TEXT_ENCODER, OVI_VIDEO_VAE and OVI_AUDIO_VAE carry an ovi_core object plus how ComfyUI manages its
 memory (bridge.ManagedModule). They are plain node outputs: ComfyUI's output cache keeps them while the loader's
 inputs are unchanged and drops them (and the memory) when the loader runs again or the node is removed — there
 is no cache of our own. OVI_TEXT carries the three text-encoder outputs of one prompt.
@@ -12,41 +13,59 @@ from dataclasses import dataclass
 
 import torch
 
-from .bridge import Devices, ManagedModule, free_memory_for
+from . import bridge
+from .bridge import Devices, ManagedModule
 
-MEMORY_MODES = ("all on GPU", "offload after use", "block swap")
+MEMORY_MODES = ("all on GPU", "offload after use", "block swap")  # Ovi Model Loader's deprecated memory_mode values
+
+# The pack's own socket types (V3 io.Custom types; the names are what saved workflows hold).
+OviTextEncoderType = bridge.io.Custom("OVI_TEXT_ENCODER")
+OviTextType = bridge.io.Custom("OVI_TEXT")
+OviVideoVAEType = bridge.io.Custom("OVI_VIDEO_VAE")
+OviAudioVAEType = bridge.io.Custom("OVI_AUDIO_VAE")
+
+
+# ---- the MODEL -------------------------------------------------------------------------------------------------------
+@dataclass
+class PlainOviModel:
+    """Without ComfyUI, what a MODEL's ``.model`` is (with ComfyUI: nodes/native_model.OviAV, a BaseModel): the
+    fusion as ``diffusion_model`` plus the variant it was loaded as."""
+
+    diffusion_model: torch.nn.Module
+    ovi_variant: object
+    ovi_name: str
 
 
 @dataclass
-class OviModel:
-    """The fusion model (OVI_MODEL)."""
+class PlainModelPatcher:
+    """Without ComfyUI, the object on a MODEL socket (with ComfyUI: a comfy ModelPatcher)."""
 
-    model: torch.nn.Module  # ovi_core.fusion.OviFusion
-    variant: object  # ovi_core.config.Variant
-    name: str  # file name or the demo entry
-    devices: Devices
-    memory_mode: str = "all on GPU"
-    swap_blocks: int = 0
+    model: PlainOviModel
 
-    def __post_init__(self):
-        self.managed = None if self.memory_mode == "block swap" else ManagedModule(self.model, self.devices)
 
-    def acquire(self) -> torch.nn.Module:
-        """The model, on its compute device, ready to sample."""
-        if self.managed is not None:
-            return self.managed.use()
-        n = self.swap_blocks
-        blocks = self.model.cfg.num_layers
-        resident = _module_bytes(self.model) * (blocks - min(n, blocks)) // max(blocks, 1)
-        free_memory_for(resident, self.devices.load)
-        return self.model.enable_block_swap(n, self.devices.load, self.devices.offload)
+def make_model(fusion: torch.nn.Module, variant, name: str, devices: Devices, slg_layer: int):
+    """The MODEL of an ovi_core OviFusion: ComfyUI's ModelPatcher over native_model.OviAV (core samplers, lowvram,
+    LoRA loaders, Ovi Sampler), or the plain stand-in without ComfyUI. The variant rides on the model (clones share
+    it)."""
+    if bridge.HAVE_COMFY:
+        patcher = bridge.native_model().build_model_patcher(fusion, slg_layer=slg_layer, load_device=devices.load,
+                                                            offload_device=devices.offload)
+        patcher.model.ovi_variant, patcher.model.ovi_name = variant, name
+        return patcher
+    return PlainModelPatcher(PlainOviModel(fusion, variant, name))
 
-    def release(self) -> None:
-        """After sampling: offload now in the offload / block-swap modes; "all on GPU" leaves it to ComfyUI."""
-        if self.memory_mode == "offload after use":
-            self.managed.release()
-        elif self.memory_mode == "block swap":
-            self.model.enable_block_swap(0, self.devices.offload, self.devices.offload)
+
+def model_parts(model) -> tuple[torch.nn.Module, object]:
+    """(OviFusion, variant) of a MODEL from Ovi Model Loader, or OviInputError naming what was connected."""
+    from ovi_core.errors import OviInputError
+    from ovi_core.fusion import OviFusion
+
+    inner = getattr(model, "model", None)
+    fusion, variant = getattr(inner, "diffusion_model", None), getattr(inner, "ovi_variant", None)
+    if not isinstance(fusion, OviFusion) or variant is None:
+        raise OviInputError(f"model is a {type(inner or model).__name__}, not an Ovi model: connect Ovi Model "
+                            "Loader's MODEL (optionally through core model patches such as LoraLoaderModelOnly)")
+    return fusion, variant
 
 
 @dataclass
@@ -111,6 +130,3 @@ class OviText:
     caption_style: str | None = None
     source: str = ""
 
-
-def _module_bytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values())

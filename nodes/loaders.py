@@ -1,20 +1,31 @@
-"""Loader nodes: the fusion model, the text encoder, the video VAE, the audio VAE + vocoder.
+"""Loader nodes: the fusion model, the text encoder, the video VAE, the audio VAE + vocoder (V3 nodes).
 
-Each lists the files of its model folders plus a built-in demo entry (tiny random-weight models from
-ovi_core, no download) and returns a handle on one of the pack's own sockets.
+Each lists the files of its model folders plus a built-in demo entry (tiny random-weight models from ovi_core, no
+download). The model loader returns core's MODEL (core samplers, Ovi Sampler, LoRA loaders); the others return a
+handle on one of the pack's own sockets.
 """
 
 from __future__ import annotations
 
+import logging
+
+import torch
+
 from . import bridge
-from .bridge import DEMO_ENTRY
-from .handles import MEMORY_MODES, OviAudioVAEHandle, OviModel, OviTextEncoderHandle, OviVideoVAEHandle
+from .bridge import DEMO_ENTRY, io
+from .handles import (MEMORY_MODES, OviAudioVAEHandle, OviAudioVAEType, OviTextEncoderHandle, OviTextEncoderType,
+                      OviVideoVAEHandle, OviVideoVAEType, make_model)
+
+log = logging.getLogger(__name__)
 
 MODEL_FOLDERS = ("ovi", "diffusion_models")
 TEXT_ENCODER_FOLDERS = ("text_encoders", "ovi")
 VIDEO_VAE_FOLDERS = ("vae", "ovi")
 AUDIO_VAE_FOLDERS = ("mmaudio", "ovi", "vae")
 VOCODER_IN_VAE_FILE = "(inside the VAE file)"
+DEMO_SLG_LAYER = 1  # the demo model has 3 fused blocks; Ovi's 11 is for the 30-block model
+SLG_LAYER = 11
+STORED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8_e4m3fn": torch.float8_e4m3fn}
 
 
 def _variant_names() -> list[str]:
@@ -23,85 +34,107 @@ def _variant_names() -> list[str]:
     return list(VARIANTS)
 
 
-class OviModelLoader:
-    DESCRIPTION = ("Loads Ovi's fused audio+video model (chetwinlow1/Ovi model.safetensors, model_960x960*.safetensors, "
-                   "or rkfg's model_fp8_e4m3fn.safetensors) from models/ovi or models/diffusion_models.")
-    CATEGORY = "Ovi/loaders"
-    RETURN_TYPES = ("OVI_MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The Ovi model, for Ovi Sampler.",)
-    FUNCTION = "load"
+def _stored_dtype(path, weight_dtype: str, compute: torch.dtype) -> torch.dtype:
+    """The dtype the weights will be kept in (what ComfyUI's operations cast from)."""
+    if weight_dtype != "auto":
+        return STORED_DTYPES[weight_dtype]
+    from ovi_core.weights import inspect_checkpoint
+
+    return torch.float8_e4m3fn if inspect_checkpoint(path).is_fp8 else compute
+
+
+def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: str, memory_mode: str = MEMORY_MODES[0],
+                   swap_blocks: int = 0):
+    """The MODEL of a checkpoint (or the demo entry), its layers built from ComfyUI's operations."""
+    if memory_mode != MEMORY_MODES[0] or swap_blocks:
+        log.warning("Ovi Model Loader: memory_mode %r / swap_blocks %d are deprecated and ignored: ComfyUI loads as much "
+                    "of the model as fits and keeps the rest in RAM (start ComfyUI with --lowvram or --novram for less "
+                    "VRAM)", memory_mode, swap_blocks)
+    devices = bridge.devices_for("diffusion")
+    dtype = bridge.compute_dtype(devices.load)
+    if model_name == DEMO_ENTRY:
+        from ovi_core.demo import DEMO_CONFIG, DEMO_VARIANT, build_demo_fusion
+        from ovi_core.fusion import OviFusion
+
+        ops = bridge.layer_operations(torch.float32, torch.float32, devices.load)  # float32: it is tiny
+        net = build_demo_fusion(device=devices.offload)
+        if ops is not None:
+            with torch.device("meta"):
+                shell = OviFusion(DEMO_CONFIG, operations=ops)
+            shell.load_state_dict(net.state_dict(), assign=True)
+            net = shell.eval().requires_grad_(False)
+        net.set_attention_backend(attention)
+        return make_model(net, DEMO_VARIANT, model_name, devices, DEMO_SLG_LAYER)
+    from ovi_core.config import get_variant
+    from ovi_core.weights import load_fusion_model
+
+    path = bridge.resolve_file(MODEL_FOLDERS, model_name, "Ovi model")
+    ops = bridge.layer_operations(_stored_dtype(path, weight_dtype, dtype), dtype, devices.load)
+    net, info = load_fusion_model(path, device=devices.offload, dtype=dtype, weight_dtype=weight_dtype,
+                                  variant=None if variant == "auto" else variant, attention=attention, operations=ops)
+    return make_model(net, get_variant(info.variant), model_name, devices, SLG_LAYER)
+
+
+class OviModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OviModelLoader", display_name="Ovi Model Loader", category="Ovi/loaders",
+            description=("Loads Ovi's fused audio+video model (chetwinlow1/Ovi model.safetensors, "
+                         "model_960x960*.safetensors, or rkfg's model_fp8_e4m3fn.safetensors) from models/ovi or "
+                         "models/diffusion_models as core's MODEL: Ovi Sampler, core KSampler / SamplerCustomAdvanced "
+                         "(with Ovi Guider), LoRA loaders."),
+            inputs=[
+                io.Combo.Input("model_name", options=bridge.model_choices(MODEL_FOLDERS), tooltip=(
+                    "The fused Ovi checkpoint (models/ovi or models/diffusion_models). "
+                    f"'{DEMO_ENTRY}' needs no file: random weights, only to check the install.")),
+                io.Combo.Input("variant", options=["auto"] + _variant_names(), default="auto", tooltip=(
+                    "Clip length, trained area and caption form of the checkpoint. auto: from the file name "
+                    "(model.safetensors = 720x720_5s, model_960x960.safetensors = 960x960_5s, "
+                    "model_960x960_10s.safetensors = 960x960_10s); set it when you renamed the file.")),
+                io.Combo.Input("weight_dtype", options=["auto", "bf16", "fp16", "fp8_e4m3fn"], default="auto", tooltip=(
+                    "How weights are kept in memory. auto: fp8 files stay fp8, others use the compute dtype. "
+                    "fp8_e4m3fn halves memory (each layer is upcast when it runs) at some quality cost.")),
+                io.Combo.Input("attention", options=["sdpa", "flash_attn", "sage"], default="sdpa", tooltip=(
+                    "Attention kernel. sdpa = PyTorch (always available); flash_attn / sage when installed "
+                    "(falls back to sdpa with a warning otherwise).")),
+                io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default=MEMORY_MODES[0], tooltip=(
+                    "Deprecated, ignored (kept so saved workflows load): ComfyUI now loads as much of the model as "
+                    "fits and keeps the rest in RAM, like its own models (--lowvram / --novram for less VRAM).")),
+                io.Int.Input("swap_blocks", default=0, min=0, max=64, tooltip=(
+                    "Deprecated, ignored (kept so saved workflows load): ComfyUI's partial loading replaces block "
+                    "swap.")),
+            ],
+            outputs=[io.Model.Output("model", tooltip=(
+                "The Ovi model (core MODEL): Ovi Sampler, or core KSampler / SamplerCustomAdvanced with Ovi "
+                "Guider."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (bridge.model_choices(MODEL_FOLDERS), {
-                "tooltip": "The fused Ovi checkpoint (models/ovi or models/diffusion_models). "
-                           f"'{DEMO_ENTRY}' needs no file: random weights, only to check the install."}),
-            "variant": (["auto"] + _variant_names(), {
-                "default": "auto",
-                "tooltip": "Clip length, trained area and caption form of the checkpoint. auto: from the file name "
-                           "(model.safetensors = 720x720_5s, model_960x960.safetensors = 960x960_5s, "
-                           "model_960x960_10s.safetensors = 960x960_10s); set it when you renamed the file."}),
-            "weight_dtype": (["auto", "bf16", "fp16", "fp8_e4m3fn"], {
-                "default": "auto",
-                "tooltip": "How weights are kept in memory. auto: fp8 files stay fp8, others use the compute dtype. "
-                           "fp8_e4m3fn halves memory (each layer is upcast when it runs) at some quality cost."}),
-            "attention": (["sdpa", "flash_attn", "sage"], {
-                "default": "sdpa",
-                "tooltip": "Attention kernel. sdpa = PyTorch (always available); flash_attn / sage when installed "
-                           "(falls back to sdpa with a warning otherwise)."}),
-            "memory_mode": (list(MEMORY_MODES), {
-                "default": MEMORY_MODES[0],
-                "tooltip": "all on GPU: the model stays loaded between runs (ComfyUI unloads it when memory is "
-                           "needed). offload after use: moved to RAM after each sampling. block swap: the first "
-                           "swap_blocks blocks wait in RAM and visit the GPU one at a time (least VRAM, slower)."}),
-            "swap_blocks": ("INT", {
-                "default": 0, "min": 0, "max": 64,
-                "tooltip": "block swap only: how many of the 30 fused blocks stay in RAM."}),
-        }}
-
-    def load(self, model_name, variant, weight_dtype, attention, memory_mode, swap_blocks):
-        devices = bridge.devices_for("diffusion")
-        dtype = bridge.compute_dtype(devices.load)
-        if model_name == DEMO_ENTRY:
-            from ovi_core.demo import DEMO_VARIANT, build_demo_fusion
-
-            net, variant_obj = build_demo_fusion(device=devices.offload), DEMO_VARIANT  # float32: it is tiny
-            net.set_attention_backend(attention)
-        else:
-            from ovi_core.config import get_variant
-            from ovi_core.weights import load_fusion_model
-
-            path = bridge.resolve_file(MODEL_FOLDERS, model_name, "Ovi model")
-            net, info = load_fusion_model(path, device=devices.offload, dtype=dtype, weight_dtype=weight_dtype,
-                                          variant=None if variant == "auto" else variant, attention=attention)
-            variant_obj = get_variant(info.variant)
-        return (OviModel(net, variant_obj, model_name, devices, memory_mode, swap_blocks),)
+    def execute(cls, model_name, variant, weight_dtype, attention, memory_mode=MEMORY_MODES[0], swap_blocks=0):
+        return io.NodeOutput(load_ovi_model(model_name, variant, weight_dtype, attention, memory_mode, swap_blocks))
 
 
-class OviTextEncoderLoader:
-    DESCRIPTION = ("Loads umT5-XXL for Ovi: ComfyUI's umt5_xxl_fp16 / fp8_e4m3fn_scaled.safetensors or Wan's "
-                   "models_t5_umt5-xxl-enc-bf16.pth (with its google/umt5-xxl tokenizer folder next to it).")
-    CATEGORY = "Ovi/loaders"
-    RETURN_TYPES = ("OVI_TEXT_ENCODER",)
-    RETURN_NAMES = ("text_encoder",)
-    OUTPUT_TOOLTIPS = ("The text encoder, for Ovi Text Encode.",)
-    FUNCTION = "load"
+class OviTextEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OviTextEncoderLoader", display_name="Ovi Text Encoder Loader", category="Ovi/loaders",
+            description=("Loads umT5-XXL for Ovi: ComfyUI's umt5_xxl_fp16 / fp8_e4m3fn_scaled.safetensors or Wan's "
+                         "models_t5_umt5-xxl-enc-bf16.pth (with its google/umt5-xxl tokenizer folder next to it)."),
+            inputs=[
+                io.Combo.Input("text_encoder_name", options=bridge.model_choices(TEXT_ENCODER_FOLDERS), tooltip=(
+                    "The umT5-XXL file (models/text_encoders or models/ovi) — the same one Wan uses. "
+                    f"'{DEMO_ENTRY}' is a tiny random encoder for the demo model.")),
+                io.Combo.Input("precision", options=["auto", "bf16", "fp32"], default="auto", tooltip=(
+                    "Compute dtype. auto: bf16 on a GPU (as Ovi), fp32 on the CPU. fp8 files keep their fp8 "
+                    "weights either way.")),
+            ],
+            outputs=[OviTextEncoderType.Output("text_encoder", tooltip="The text encoder, for Ovi Text Encode.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "text_encoder_name": (bridge.model_choices(TEXT_ENCODER_FOLDERS), {
-                "tooltip": "The umT5-XXL file (models/text_encoders or models/ovi) — the same one Wan uses. "
-                           f"'{DEMO_ENTRY}' is a tiny random encoder for the demo model."}),
-            "precision": (["auto", "bf16", "fp32"], {
-                "default": "auto",
-                "tooltip": "Compute dtype. auto: bf16 on a GPU (as Ovi), fp32 on the CPU. fp8 files keep their fp8 "
-                           "weights either way."}),
-        }}
-
-    def load(self, text_encoder_name, precision):
+    def execute(cls, text_encoder_name, precision):
         devices = bridge.devices_for("text_encoder")
         dtype = bridge.compute_dtype(devices.load, precision)
         if text_encoder_name == DEMO_ENTRY:
@@ -113,30 +146,29 @@ class OviTextEncoderLoader:
 
             path = bridge.resolve_file(TEXT_ENCODER_FOLDERS, text_encoder_name, "text encoder")
             encoder = load_text_encoder(path, device=devices.offload, dtype=dtype)
-        return (OviTextEncoderHandle(encoder, text_encoder_name, devices),)
+        return io.NodeOutput(OviTextEncoderHandle(encoder, text_encoder_name, devices))
 
 
-class OviVideoVAELoader:
-    DESCRIPTION = ("Loads the Wan2.2 video VAE (ComfyUI's wan2.2_vae.safetensors or Wan's Wan2.2_VAE.pth) for Ovi "
-                   "Video Decode and image-to-video.")
-    CATEGORY = "Ovi/loaders"
-    RETURN_TYPES = ("OVI_VIDEO_VAE",)
-    RETURN_NAMES = ("video_vae",)
-    OUTPUT_TOOLTIPS = ("The video VAE, for Ovi Video Decode and Ovi Sampler's start image.",)
-    FUNCTION = "load"
+class OviVideoVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OviVideoVAELoader", display_name="Ovi Video VAE Loader", category="Ovi/loaders",
+            description=("Loads the Wan2.2 video VAE (ComfyUI's wan2.2_vae.safetensors or Wan's Wan2.2_VAE.pth) for "
+                         "Ovi Video Decode and image-to-video."),
+            inputs=[
+                io.Combo.Input("vae_name", options=bridge.model_choices(VIDEO_VAE_FOLDERS), tooltip=(
+                    "The 48-channel Wan2.2 VAE (models/vae or models/ovi), the file core's VAELoader uses "
+                    f"for Wan2.2-5B. '{DEMO_ENTRY}' is a tiny random VAE for the demo model.")),
+                io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
+                               tooltip="Compute dtype. auto: bf16 on a GPU that runs it well, fp32 on the CPU."),
+            ],
+            outputs=[OviVideoVAEType.Output("video_vae", tooltip=(
+                "The video VAE, for Ovi Video Decode and Ovi Sampler's start image."))],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "vae_name": (bridge.model_choices(VIDEO_VAE_FOLDERS), {
-                "tooltip": "The 48-channel Wan2.2 VAE (models/vae or models/ovi), the file core's VAELoader uses "
-                           f"for Wan2.2-5B. '{DEMO_ENTRY}' is a tiny random VAE for the demo model."}),
-            "precision": (["auto", "fp32", "bf16", "fp16"], {
-                "default": "auto",
-                "tooltip": "Compute dtype. auto: bf16 on a GPU that runs it well, fp32 on the CPU."}),
-        }}
-
-    def load(self, vae_name, precision):
+    def execute(cls, vae_name, precision):
         devices = bridge.devices_for("vae")
         dtype = bridge.compute_dtype(devices.load, precision)
         if vae_name == DEMO_ENTRY:
@@ -148,32 +180,31 @@ class OviVideoVAELoader:
 
             vae = load_video_vae(bridge.resolve_file(VIDEO_VAE_FOLDERS, vae_name, "video VAE"),
                                  device=devices.offload, dtype=dtype)
-        return (OviVideoVAEHandle(vae, vae_name, devices),)
+        return io.NodeOutput(OviVideoVAEHandle(vae, vae_name, devices))
 
 
-class OviAudioVAELoader:
-    DESCRIPTION = ("Loads Ovi's audio decoder: the MMAudio 16 kHz VAE (v1-16.pth) and the BigVGAN vocoder "
-                   "(best_netG.pt), from models/mmaudio or models/ovi.")
-    CATEGORY = "Ovi/loaders"
-    RETURN_TYPES = ("OVI_AUDIO_VAE",)
-    RETURN_NAMES = ("audio_vae",)
-    OUTPUT_TOOLTIPS = ("The audio decoder, for Ovi Audio Decode.",)
-    FUNCTION = "load"
+class OviAudioVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        choices = bridge.model_choices(AUDIO_VAE_FOLDERS)
+        return io.Schema(
+            node_id="OviAudioVAELoader", display_name="Ovi Audio VAE Loader", category="Ovi/loaders",
+            description=("Loads Ovi's audio decoder: the MMAudio 16 kHz VAE (v1-16.pth) and the BigVGAN vocoder "
+                         "(best_netG.pt), from models/mmaudio or models/ovi."),
+            inputs=[
+                io.Combo.Input("vae_name", options=choices, tooltip=(
+                    "The MMAudio 16 kHz VAE, v1-16.pth from hkchengrex/MMAudio (models/mmaudio or models/ovi). "
+                    f"'{DEMO_ENTRY}' is a tiny random decoder for the demo model.")),
+                io.Combo.Input("vocoder_name", options=choices + [VOCODER_IN_VAE_FILE], tooltip=(
+                    "The BigVGAN vocoder, best_netG.pt from hkchengrex/MMAudio. Pick the demo entry here too "
+                    f"when the VAE is the demo one; '{VOCODER_IN_VAE_FILE}' for a single file holding "
+                    "vae.* and vocoder.* weights.")),
+            ],
+            outputs=[OviAudioVAEType.Output("audio_vae", tooltip="The audio decoder, for Ovi Audio Decode.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        choices = bridge.model_choices(AUDIO_VAE_FOLDERS)
-        return {"required": {
-            "vae_name": (choices, {
-                "tooltip": "The MMAudio 16 kHz VAE, v1-16.pth from hkchengrex/MMAudio (models/mmaudio or models/ovi). "
-                           f"'{DEMO_ENTRY}' is a tiny random decoder for the demo model."}),
-            "vocoder_name": (choices + [VOCODER_IN_VAE_FILE], {
-                "tooltip": "The BigVGAN vocoder, best_netG.pt from hkchengrex/MMAudio. Pick the demo entry here too "
-                           f"when the VAE is the demo one; '{VOCODER_IN_VAE_FILE}' for a single file holding "
-                           "vae.* and vocoder.* weights."}),
-        }}
-
-    def load(self, vae_name, vocoder_name):
+    def execute(cls, vae_name, vocoder_name):
         from ovi_core.errors import OviInputError
 
         devices = bridge.devices_for("vae")
@@ -191,4 +222,4 @@ class OviAudioVAELoader:
                        else bridge.resolve_file(AUDIO_VAE_FOLDERS, vocoder_name, "vocoder"))
             decoder = load_audio_decoder(bridge.resolve_file(AUDIO_VAE_FOLDERS, vae_name, "audio VAE"), vocoder,
                                          device=devices.offload)
-        return (OviAudioVAEHandle(decoder, f"{vae_name} + {vocoder_name}", devices),)
+        return io.NodeOutput(OviAudioVAEHandle(decoder, f"{vae_name} + {vocoder_name}", devices))

@@ -1,4 +1,4 @@
-"""The mux node: frames + sound -> an mp4 in ComfyUI's output folder, a preview, and core's VIDEO."""
+"""The mux node (V3): frames + sound -> an mp4 in ComfyUI's output folder, a preview, and core's VIDEO."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import bridge
+from .bridge import io
 
 log = logging.getLogger(__name__)
 
@@ -81,65 +82,70 @@ def aligned_audio(wave: torch.Tensor, sample_rate: int, num_frames: int, fps: fl
     return {"waveform": torch.from_numpy(np.ascontiguousarray(samples)).unsqueeze(0), "sample_rate": sample_rate}
 
 
-class OviMux:
-    DESCRIPTION = ("Joins frames and sound into an mp4 (H.264 yuv420p + AAC) in ComfyUI's output folder, written "
-                   "atomically, with a preview; also outputs core's VIDEO. The sound is fitted to the video length: "
-                   "a shorter sound is padded with silence, a longer one loses only what lies past the last frame "
-                   "(logged).")
-    CATEGORY = "Ovi/output"
-    RETURN_TYPES = ("VIDEO",)
-    RETURN_NAMES = ("video",)
-    OUTPUT_TOOLTIPS = ("The clip as core's VIDEO (frames + the fitted sound) — for SaveVideo, GetVideoComponents, ...",)
-    OUTPUT_NODE = True
-    FUNCTION = "mux"
+def mux_clip(images, audio, fps, filename_prefix, prompt=None, extra_pnginfo=None):
+    """Writes the mp4; returns (VIDEO, the preview entry)."""
+    from ovi_core.errors import OviInputError
+    from ovi_core.mux import write_mp4
+    from ovi_core.outpaths import OutputPathError
+
+    if (problem := prefix_problem(filename_prefix)) is not None:
+        raise OutputPathError(problem)
+    if (problem := fps_problem(fps)) is not None:
+        raise OviInputError(problem)
+    frames = _check_frames(images)
+    wave, rate = _check_audio(audio)
+    metadata = {"prompt": json.dumps(prompt)} if prompt is not None else {}
+    metadata.update({k: json.dumps(v) for k, v in (extra_pnginfo or {}).items()})
+    sound = aligned_audio(wave, rate, frames.shape[0], fps)  # the one place the length rule is applied
+    try:
+        path, file, subfolder = bridge.output_path(filename_prefix, frames.shape[2], frames.shape[1], "mp4")
+        write_mp4(path, frames, fps=fps, audio=sound["waveform"][0], sample_rate=rate, metadata=metadata)
+    except OSError as exc:  # a folder that cannot be made or written (a file in the way, permissions, disk full)
+        where = getattr(exc, "filename", None) or filename_prefix
+        raise OutputPathError(f"cannot write the mp4 for filename_prefix {filename_prefix!r} ({where}): "
+                              f"{exc.strerror or exc}. Check that ComfyUI's output folder and the prefix's "
+                              "subfolder are writable folders, or pick another prefix") from None
+    video = bridge.make_video(path, frames, sound, fps)
+    return video, {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+
+
+class OviMux(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OviMux", display_name="Ovi Mux (mp4)", category="Ovi/output",
+            description=("Joins frames and sound into an mp4 (H.264 yuv420p + AAC) in ComfyUI's output folder, "
+                         "written atomically, with a preview; also outputs core's VIDEO. The sound is fitted to the "
+                         "video length: a shorter sound is padded with silence, a longer one loses only what lies "
+                         "past the last frame (logged)."),
+            inputs=[
+                io.Image.Input("images", tooltip="The frames, in order (Ovi Video Decode, or any IMAGE batch)."),
+                io.Audio.Input("audio", tooltip=(
+                    "The sound (Ovi Audio Decode, LoadAudio, ...): mono or stereo, any sample rate "
+                    "(AAC-incompatible rates go to 48 kHz).")),
+                io.Float.Input("fps", default=24.0, min=1.0, max=120.0, step=1.0, tooltip=(
+                    "Frames per second. Ovi makes 24 fps (121 frames = 5.04 s).")),
+                io.String.Input("filename_prefix", default="Ovi/ovi", tooltip=(
+                    "Output file name prefix; a folder part goes into a subfolder of ComfyUI's output folder. Not "
+                    "empty, no leading dot, no '..', at most 200 characters.")),
+            ],
+            outputs=[io.Video.Output("video", tooltip=(
+                "The clip as core's VIDEO (frames + the fitted sound) — for SaveVideo, GetVideoComponents, ..."))],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "images": ("IMAGE", {"tooltip": "The frames, in order (Ovi Video Decode, or any IMAGE batch)."}),
-                "audio": ("AUDIO", {"tooltip": "The sound (Ovi Audio Decode, LoadAudio, ...): mono or stereo, any "
-                                               "sample rate (AAC-incompatible rates go to 48 kHz)."}),
-                "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 1.0,
-                                  "tooltip": "Frames per second. Ovi makes 24 fps (121 frames = 5.04 s)."}),
-                "filename_prefix": ("STRING", {"default": "Ovi/ovi",
-                                               "tooltip": "Output file name prefix; a folder part goes into a "
-                                                          "subfolder of ComfyUI's output folder. Not empty, no "
-                                                          "leading dot, no '..', at most 200 characters."}),
-            },
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix=None):
+    def validate_inputs(cls, filename_prefix=None):
         """The prefix before anything runs (fps is checked by ComfyUI's min/max, and for NaN when the node runs). A
         missing input is left to ComfyUI; a linked one (None) is checked when the node runs."""
         if filename_prefix is None:
             return True
         return prefix_problem(filename_prefix) or True
 
-    def mux(self, images, audio, fps, filename_prefix, prompt=None, extra_pnginfo=None):
-        from ovi_core.errors import OviInputError
-        from ovi_core.mux import write_mp4
-        from ovi_core.outpaths import OutputPathError
-
-        if (problem := prefix_problem(filename_prefix)) is not None:
-            raise OutputPathError(problem)
-        if (problem := fps_problem(fps)) is not None:
-            raise OviInputError(problem)
-        frames = _check_frames(images)
-        wave, rate = _check_audio(audio)
-        metadata = {"prompt": json.dumps(prompt)} if prompt is not None else {}
-        metadata.update({k: json.dumps(v) for k, v in (extra_pnginfo or {}).items()})
-        sound = aligned_audio(wave, rate, frames.shape[0], fps)  # the one place the length rule is applied
-        try:
-            path, file, subfolder = bridge.output_path(filename_prefix, frames.shape[2], frames.shape[1], "mp4")
-            write_mp4(path, frames, fps=fps, audio=sound["waveform"][0], sample_rate=rate, metadata=metadata)
-        except OSError as exc:  # a folder that cannot be made or written (a file in the way, permissions, disk full)
-            where = getattr(exc, "filename", None) or filename_prefix
-            raise OutputPathError(f"cannot write the mp4 for filename_prefix {filename_prefix!r} ({where}): "
-                                  f"{exc.strerror or exc}. Check that ComfyUI's output folder and the prefix's "
-                                  "subfolder are writable folders, or pick another prefix") from None
-        video = bridge.make_video(path, frames, sound, fps)
-        preview = {"images": [{"filename": file, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
-        return {"ui": preview, "result": (video,)}
+    @classmethod
+    def execute(cls, images, audio, fps, filename_prefix):
+        hidden = cls.hidden
+        video, preview = mux_clip(images, audio, fps, filename_prefix, getattr(hidden, "prompt", None),
+                                  getattr(hidden, "extra_pnginfo", None))
+        return io.NodeOutput(video, ui=preview)

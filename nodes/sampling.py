@@ -1,12 +1,17 @@
-"""The joint sampler node: text (+ an optional start image) -> a video LATENT and an audio LATENT."""
+"""The joint sampler node (V3): Ovi's exact sampler on the MODEL; text (OVI_TEXT or CONDITIONING), an optional start
+image or joint latent -> a video LATENT, an audio LATENT and the joint audio+video LATENT."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
 from . import bridge
-from .convert import audio_latent_to_comfy, check_size, refuse, start_image_to_frames, video_latent_to_comfy
+from .bridge import io
+from .convert import (audio_latent_to_comfy, check_size, refuse, start_image_to_frames, text_from_conditioning,
+                      video_latent_from_comfy, video_latent_to_comfy)
+from .handles import OviText, OviTextType, OviVideoVAEType, model_parts
 
 log = logging.getLogger(__name__)
 
@@ -50,55 +55,145 @@ def _warn_about_mismatches(variant, text, width: int, height: int) -> None:
                     *snap_to_area(height, width, variant.target_area)[::-1])
 
 
-class OviSampler:
-    DESCRIPTION = ("Generates a clip's video and audio together with Ovi's joint flow-matching sampler; with a start "
-                   "image it continues that picture (image-to-video).")
-    CATEGORY = "Ovi/sampling"
-    RETURN_TYPES = ("LATENT", "LATENT")
-    RETURN_NAMES = ("video_latent", "audio_latent")
-    OUTPUT_TOOLTIPS = ("Wan2.2 video latent [1, 48, frames, H/16, W/16] (ComfyUI layout): Ovi Video Decode, or core "
-                       "VAEDecode with wan2.2_vae.",
-                       "MMAudio latent [1, 20, length]: Ovi Audio Decode.")
-    FUNCTION = "sample"
+def resolve_text(text, positive, negative):
+    """OVI_TEXT, or the positive/negative CONDITIONING (Ovi Text Encode's, or core CLIPTextEncode's) as OVI_TEXT."""
+    from ovi_core.errors import OviInputError
+
+    if text is not None:
+        return text
+    if positive is None:
+        raise OviInputError("Ovi Sampler has no text: connect Ovi Text Encode's text output, or its positive and "
+                            "negative (or core CLIPTextEncode conditioning with umT5-XXL) to positive / negative")
+    pos, vneg, aneg = text_from_conditioning(positive, negative)
+    return OviText(pos, vneg, aneg, caption_style=None, source="CONDITIONING")
+
+
+def _joint_parts(latent):
+    """(raw video [1, 48, F, h, w], audio [1, 20, L], first-frame latent or None) of a joint LATENT. A noise_mask may
+    keep video latent frame 0 (image-to-video: that frame is the clean start); other masks need the native path."""
+    from ovi_core.errors import OviInputError
+
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    parts = samples.unbind() if getattr(samples, "is_nested", False) else None
+    if parts is None or len(parts) != 2 or parts[0].dim() != 5 or parts[1].dim() != 3:
+        raise OviInputError("latent must be the joint audio+video LATENT (Ovi Empty Latent, LTXVConcatAVLatent or Ovi "
+                            "Sampler's latent output); the separate video / audio latents go to the decoders")
+    video, audio = parts
+    if video.shape[0] != 1 or audio.shape[0] != 1:
+        raise OviInputError(f"latent holds a batch of {video.shape[0]}; Ovi Sampler makes one clip (for batches use "
+                            "SamplerCustomAdvanced with Ovi Guider)")
+    mask = latent.get("noise_mask")
+    if mask is None:
+        return video, audio, None
+    vmask, amask = mask.unbind() if getattr(mask, "is_nested", False) else (mask, None)
+    vmask = vmask.expand_as(video) if vmask.shape[1] == 1 else vmask
+    if bool((vmask == 1).all()) and (amask is None or bool((amask == 1).all())):
+        return video, audio, None
+    if (amask is None or bool((amask == 1).all())) and bool((vmask[:, :, :1] == 0).all()) \
+            and bool((vmask[:, :, 1:] == 1).all()):
+        return video, audio, video_latent_from_comfy({"samples": video[:, :, :1]}, "latent")
+    raise OviInputError("latent's noise_mask is not one Ovi Sampler takes: it keeps video latent frame 0 "
+                        "(image-to-video) or nothing. For other masks (keep the audio, several frames) use "
+                        "SamplerCustomAdvanced with Ovi Guider")
+
+
+def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width, height,
+                start_image=None, video_vae=None, latent=None):
+    """Ovi's joint sampler -> (video LATENT, audio LATENT, joint LATENT). A joint ``latent`` gives the clip's size
+    and length (its values are replaced by noise, as a sampler at denoise 1 does) and may keep video frame 0."""
+    from ovi_core.errors import OviInputError
+    from ovi_core.sampler import PromptEmbeddings, sample_joint
+    from ovi_core.sizes import latent_shapes
+
+    fusion, variant = model_parts(model)
+    first = None
+    if latent is not None:
+        video, audio, first = _joint_parts(latent)
+        width, height = video.shape[4] * 16, video.shape[3] * 16
+        variant = dataclasses.replace(variant, video_latent_length=video.shape[2], audio_latent_length=audio.shape[2])
+    if (msg := check_size(width, height, variant.target_area, f"the {variant.name} model")) is not None:
+        raise OviInputError(msg)
+    for name, value in (("shift", shift), ("video_guidance", video_guidance), ("audio_guidance", audio_guidance)):
+        if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
+            raise OviInputError(f"{name} must be a finite number, got {value!r}; Ovi's defaults are shift 5, "
+                                "video_guidance 4, audio_guidance 3")
+    _warn_about_mismatches(variant, text, width, height)
+    shapes = latent_shapes(variant, height, width, snap=False)
+    if start_image is not None:
+        if first is not None:
+            raise OviInputError("both a start_image and a latent whose mask keeps frame 0: connect one of them")
+        first = encode_start_image(start_image, video_vae, width, height)
+    progress = bridge.Progress(steps, bridge.wan22_latent_format())
+    bridge.load_model(model)
+    video, audio = sample_joint(
+        fusion, PromptEmbeddings(text.positive, text.video_negative, text.audio_negative),
+        video_shape=shapes.video, audio_shape=shapes.audio, seed=seed, solver=solver, steps=steps,
+        shift=shift, video_guidance=video_guidance, audio_guidance=audio_guidance, slg_layer=slg_layer,
+        first_frame_latent=first, should_interrupt=bridge.check_interrupt,
+        callback=lambda done, total, lat: progress.step(done, _preview_slice(lat.video_denoised)))
+    out = bridge.intermediate_device()
+    video_latent, audio_latent = video_latent_to_comfy(video, out), audio_latent_to_comfy(audio, out)
+    return video_latent, audio_latent, {"samples": bridge.nested((video_latent["samples"], audio_latent["samples"]))}
+
+
+class OviSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OviSampler", display_name="Ovi Sampler", category="Ovi/sampling",
+            description=("Generates a clip's video and audio together with Ovi's exact joint flow-matching sampler; "
+                         "with a start image it continues that picture (image-to-video)."),
+            inputs=[
+                io.Model.Input("model", tooltip="From Ovi Model Loader (LoRA loaders may sit in between)."),
+                io.Int.Input("seed", default=103, min=0, max=MAX_SEED, control_after_generate=True, tooltip=(
+                    "Noise seed; video and audio noise both come from it (Ovi's default 103).")),
+                io.Int.Input("steps", default=50, min=1, max=1000,
+                             tooltip="Sampling steps (Ovi: 50). One progress tick each."),
+                io.Combo.Input("solver", options=_solvers(), default="unipc",
+                               tooltip="unipc (Ovi's default), euler or dpm++ flow solvers."),
+                io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1,
+                               tooltip="Timestep shift of the flow schedule (Ovi: 5.0)."),
+                io.Float.Input("video_guidance", default=4.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance of the video (Ovi: 4.0; 1 = off)."),
+                io.Float.Input("audio_guidance", default=3.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance of the audio (Ovi: 3.0; 1 = off)."),
+                io.Int.Input("slg_layer", default=11, min=-1, max=63, tooltip=(
+                    "Skip-layer guidance: the fused block skipped in the negative pass (Ovi: 11; -1 or 0 = off). "
+                    "Must be below the model's depth.")),
+                io.Int.Input("width", default=704, min=32, max=4096, step=32, tooltip=(
+                    "Clip width in pixels, a multiple of 32. Keep width x height near the variant's area: 720x720_5s "
+                    "~704x704, 960 models ~960x960 (e.g. 1280x704, 704x1280). At most 2.25x the trained area: "
+                    "1,166,400 pixels for 720x720_5s, 2,073,600 for the 960 models.")),
+                io.Int.Input("height", default=704, min=32, max=4096, step=32, tooltip=(
+                    "Clip height in pixels, a multiple of 32 (see width for the size limit).")),
+                OviTextType.Input("text", optional=True, tooltip=(
+                    "From Ovi Text Encode (or Ovi Text From Conditioning). Not connected: positive / negative.")),
+                io.Image.Input("start_image", optional=True, tooltip=(
+                    "Image-to-video: the first frame (any IMAGE, e.g. LoadImage or another clip's last frame). "
+                    "Centre-cropped to width x height.")),
+                OviVideoVAEType.Input("video_vae", optional=True, tooltip="Needed with a start image, to encode it."),
+                io.Conditioning.Input("positive", optional=True, tooltip=(
+                    "Instead of text: the prompt as CONDITIONING (Ovi Text Encode's positive, or core CLIPTextEncode "
+                    "with umT5-XXL from CLIPLoader type wan).")),
+                io.Conditioning.Input("negative", optional=True, tooltip=(
+                    "With positive: Ovi Text Encode's negative (video negative + the audio negative inside), or any "
+                    "CONDITIONING used for both towers. Not connected: an all-zero context.")),
+                io.Latent.Input("latent", optional=True, tooltip=(
+                    "The joint audio+video LATENT (Ovi Empty Latent, LTXVConcatAVLatent): sets the clip size and "
+                    "length instead of width / height; a noise_mask keeping video frame 0 starts from that frame.")),
+            ],
+            outputs=[
+                io.Latent.Output("video_latent", tooltip=(
+                    "Wan2.2 video latent [1, 48, frames, H/16, W/16] (ComfyUI layout): Ovi Video Decode, or core "
+                    "VAEDecode with wan2.2_vae.")),
+                io.Latent.Output("audio_latent", tooltip="MMAudio latent [1, 20, length]: Ovi Audio Decode."),
+                io.Latent.Output("latent", tooltip=(
+                    "Both as core's joint audio+video LATENT (NestedTensor): LTXVSeparateAVLatent, core samplers.")),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("OVI_MODEL", {"tooltip": "From Ovi Model Loader."}),
-                "text": ("OVI_TEXT", {"tooltip": "From Ovi Text Encode (or Ovi Text From Conditioning)."}),
-                "seed": ("INT", {"default": 103, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "Noise seed; video and audio noise both come from it (Ovi's default 103)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
-                                  "tooltip": "Sampling steps (Ovi: 50). One progress tick each."}),
-                "solver": (_solvers(), {"default": "unipc",
-                                        "tooltip": "unipc (Ovi's default), euler or dpm++ flow solvers."}),
-                "shift": ("FLOAT", {"default": 5.0, "min": 0.01, "max": 100.0, "step": 0.1,
-                                    "tooltip": "Timestep shift of the flow schedule (Ovi: 5.0)."}),
-                "video_guidance": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1,
-                                             "tooltip": "Classifier-free guidance of the video (Ovi: 4.0; 1 = off)."}),
-                "audio_guidance": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1,
-                                             "tooltip": "Classifier-free guidance of the audio (Ovi: 3.0; 1 = off)."}),
-                "slg_layer": ("INT", {"default": 11, "min": -1, "max": 63,
-                                      "tooltip": "Skip-layer guidance: the fused block skipped in the negative pass "
-                                                 "(Ovi: 11; -1 or 0 = off). Must be below the model's depth."}),
-                "width": ("INT", {"default": 704, "min": 32, "max": 4096, "step": 32,
-                                  "tooltip": "Clip width in pixels, a multiple of 32. Keep width x height near the "
-                                             "variant's area: 720x720_5s ~704x704, 960 models ~960x960 (e.g. 1280x704, "
-                                             "704x1280). At most 2.25x the trained area: 1,166,400 pixels for "
-                                             "720x720_5s, 2,073,600 for the 960 models."}),
-                "height": ("INT", {"default": 704, "min": 32, "max": 4096, "step": 32,
-                                   "tooltip": "Clip height in pixels, a multiple of 32 (see width for the size limit)."}),
-            },
-            "optional": {
-                "start_image": ("IMAGE", {"tooltip": "Image-to-video: the first frame (any IMAGE, e.g. LoadImage or "
-                                                     "another clip's last frame). Centre-cropped to width x height."}),
-                "video_vae": ("OVI_VIDEO_VAE", {"tooltip": "Needed with a start image, to encode it."}),
-            },
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None):
+    def validate_inputs(cls, width=None, height=None):
         """Before the run: multiples of 32 and at most the largest variant's size bound (the model's own bound is
         checked when it runs). A missing input is left to ComfyUI ("Required input is missing"); a linked one
         arrives as None and is checked when the sampler runs."""
@@ -106,31 +201,9 @@ class OviSampler:
             return True
         return refuse(check_size(width, height, what="any Ovi model"))
 
-    def sample(self, model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width,
-               height, start_image=None, video_vae=None):
-        from ovi_core.errors import OviInputError
-        from ovi_core.sampler import PromptEmbeddings, sample_joint
-        from ovi_core.sizes import latent_shapes
-
-        if (msg := check_size(width, height, model.variant.target_area, f"the {model.variant.name} model")) is not None:
-            raise OviInputError(msg)
-        for name, value in (("shift", shift), ("video_guidance", video_guidance), ("audio_guidance", audio_guidance)):
-            if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
-                raise OviInputError(f"{name} must be a finite number, got {value!r}; Ovi's defaults are shift 5, "
-                                    "video_guidance 4, audio_guidance 3")
-        _warn_about_mismatches(model.variant, text, width, height)
-        shapes = latent_shapes(model.variant, height, width, snap=False)
-        first = encode_start_image(start_image, video_vae, width, height)
-        progress = bridge.Progress(steps, bridge.wan22_latent_format())
-        net = model.acquire()
-        try:
-            video, audio = sample_joint(
-                net, PromptEmbeddings(text.positive, text.video_negative, text.audio_negative),
-                video_shape=shapes.video, audio_shape=shapes.audio, seed=seed, solver=solver, steps=steps,
-                shift=shift, video_guidance=video_guidance, audio_guidance=audio_guidance, slg_layer=slg_layer,
-                first_frame_latent=first, should_interrupt=bridge.check_interrupt,
-                callback=lambda done, total, lat: progress.step(done, _preview_slice(lat.video_denoised)))
-        finally:
-            model.release()
-        out = bridge.intermediate_device()
-        return (video_latent_to_comfy(video, out), audio_latent_to_comfy(audio, out))
+    @classmethod
+    def execute(cls, model, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width, height,
+                text=None, start_image=None, video_vae=None, positive=None, negative=None, latent=None):
+        text = resolve_text(text, positive, negative)
+        return io.NodeOutput(*sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_guidance,
+                                          slg_layer, width, height, start_image, video_vae, latent))

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
-from .convert import TEXT_DIM, conditioning_to_states
-from .handles import OviText
+from .bridge import io
+from .convert import AUDIO_CONTEXT_KEY, states_to_conditioning, text_from_conditioning
+from .handles import OviText, OviTextEncoderType, OviTextType
 
 log = logging.getLogger(__name__)
 
@@ -29,95 +28,104 @@ def _empty_prompt_message(prompt) -> str | None:
     return None
 
 
-class OviTextEncode:
-    DESCRIPTION = ("Encodes the prompt and the two negative prompts with umT5-XXL, writing the audio caption the way "
-                   "the chosen model variant was trained (<AUDCAP>…<ENDAUDCAP> or a final 'Audio: …').")
-    CATEGORY = "Ovi/conditioning"
-    RETURN_TYPES = ("OVI_TEXT",)
-    RETURN_NAMES = ("text",)
-    OUTPUT_TOOLTIPS = ("The encoded prompt and negatives, for Ovi Sampler.",)
-    FUNCTION = "encode"
+KSAMPLER_NOTE = ("With core KSampler, its cfg and this negative apply to both modalities (Ovi uses 4.0 for the video and "
+                 "3.0 for the audio: use Ovi Guider for separate values).")
 
+
+def encode_text(text_encoder, prompt, video_negative, audio_negative, variant) -> OviText:
+    """The prompt (written in the variant's caption form) and both negatives through umT5-XXL."""
+    from ovi_core.config import get_variant
+    from ovi_core.errors import OviInputError
+    from ovi_core.prompt import format_prompt_for_variant
+
+    if (msg := _empty_prompt_message(prompt)) is not None:
+        raise OviInputError(msg)
+    style = get_variant(variant).caption_style
+    encoder = text_encoder.acquire()
+    states = encoder.encode_with_negatives(format_prompt_for_variant(prompt, variant), video_negative, audio_negative)
+    pos, vneg, aneg = (s.detach().float().cpu() for s in states)
+    return OviText(pos, vneg, aneg, caption_style=style, source=f"Ovi Text Encode ({variant})")
+
+
+def text_conditionings(text: OviText) -> tuple[list, list, list]:
+    """OVI_TEXT -> core CONDITIONING: positive, negative (the video negative carrying the audio negative for the
+    audio tower: one negative pass, each tower its own negative, as Ovi), audio negative (for Ovi Guider)."""
+    return (states_to_conditioning(text.positive),
+            states_to_conditioning(text.video_negative, **{AUDIO_CONTEXT_KEY: states_to_conditioning(
+                text.audio_negative)[0][0]}),
+            states_to_conditioning(text.audio_negative))
+
+
+class OviTextEncode(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls):
         from ovi_core.config import VARIANTS
 
         video_neg, audio_neg = _defaults()
-        return {"required": {
-            "text_encoder": ("OVI_TEXT_ENCODER", {"tooltip": "From Ovi Text Encoder Loader."}),
-            "prompt": ("STRING", {
-                "multiline": True, "default": EXAMPLE_PROMPT,
-                "tooltip": "What to see and hear. Speech goes in <S>…<E>; the sound description comes last, as "
-                           "<AUDCAP>…<ENDAUDCAP> or 'Audio: …' (either spelling is rewritten for the variant)."}),
-            "video_negative": ("STRING", {
-                "multiline": True, "default": video_neg,
-                "tooltip": "What the video should avoid (Ovi's default: jitter, bad hands, blur, distortion)."}),
-            "audio_negative": ("STRING", {
-                "multiline": True, "default": audio_neg,
-                "tooltip": "What the audio should avoid (Ovi's default: robotic, muffled, echo, distorted)."}),
-            "variant": (list(VARIANTS), {
-                "default": next(iter(VARIANTS)),
-                "tooltip": "The variant of the model you sample with (see Ovi Model Loader): it decides how the "
-                           "audio caption is written. 720x720_5s: <AUDCAP>…<ENDAUDCAP>; 960 models: 'Audio: …'."}),
-        }}
+        return io.Schema(
+            node_id="OviTextEncode", display_name="Ovi Text Encode", category="Ovi/conditioning",
+            description=("Encodes the prompt and the two negative prompts with umT5-XXL, writing the audio caption the "
+                         "way the chosen model variant was trained (<AUDCAP>…<ENDAUDCAP> or a final 'Audio: …')."),
+            inputs=[
+                OviTextEncoderType.Input("text_encoder", tooltip="From Ovi Text Encoder Loader."),
+                io.String.Input("prompt", multiline=True, default=EXAMPLE_PROMPT, tooltip=(
+                    "What to see and hear. Speech goes in <S>…<E>; the sound description comes last, as "
+                    "<AUDCAP>…<ENDAUDCAP> or 'Audio: …' (either spelling is rewritten for the variant).")),
+                io.String.Input("video_negative", multiline=True, default=video_neg, tooltip=(
+                    "What the video should avoid (Ovi's default: jitter, bad hands, blur, distortion).")),
+                io.String.Input("audio_negative", multiline=True, default=audio_neg, tooltip=(
+                    "What the audio should avoid (Ovi's default: robotic, muffled, echo, distorted).")),
+                io.Combo.Input("variant", options=list(VARIANTS), default=next(iter(VARIANTS)), tooltip=(
+                    "The variant of the model you sample with (see Ovi Model Loader): it decides how the "
+                    "audio caption is written. 720x720_5s: <AUDCAP>…<ENDAUDCAP>; 960 models: 'Audio: …'.")),
+            ],
+            outputs=[
+                OviTextType.Output("text", tooltip="The encoded prompt and negatives, for Ovi Sampler."),
+                io.Conditioning.Output("positive", tooltip=(
+                    "The prompt as core CONDITIONING [1, 512, 4096]: Ovi Sampler, core KSampler, Ovi Guider.")),
+                io.Conditioning.Output("negative", tooltip=(
+                    "The video negative, carrying the audio negative for the audio tower: KSampler's negative or "
+                    "Ovi Guider's video_negative. " + KSAMPLER_NOTE)),
+                io.Conditioning.Output("audio_negative", tooltip="The audio negative alone, for Ovi Guider."),
+            ],
+        )
 
     @classmethod
-    def VALIDATE_INPUTS(cls, prompt=None):
-        # missing: ComfyUI reports it; linked (None): its value is known only when it runs (checked in encode)
+    def validate_inputs(cls, prompt=None):
+        # missing: ComfyUI reports it; linked (None): its value is known only when it runs (checked in execute)
         if prompt is None:
             return True
         return _empty_prompt_message(prompt) or True
 
-    def encode(self, text_encoder, prompt, video_negative, audio_negative, variant):
-        from ovi_core.config import get_variant
-        from ovi_core.errors import OviInputError
-        from ovi_core.prompt import format_prompt_for_variant
-
-        if (msg := _empty_prompt_message(prompt)) is not None:
-            raise OviInputError(msg)
-        style = get_variant(variant).caption_style
-        encoder = text_encoder.acquire()
-        states = encoder.encode_with_negatives(format_prompt_for_variant(prompt, variant), video_negative,
-                                               audio_negative)
-        pos, vneg, aneg = (s.detach().float().cpu() for s in states)
-        return (OviText(pos, vneg, aneg, caption_style=style, source=f"Ovi Text Encode ({variant})"),)
+    @classmethod
+    def execute(cls, text_encoder, prompt, video_negative, audio_negative, variant):
+        text = encode_text(text_encoder, prompt, video_negative, audio_negative, variant)
+        return io.NodeOutput(text, *text_conditionings(text))
 
 
-class OviTextFromConditioning:
-    DESCRIPTION = ("Uses core CLIPTextEncode output as Ovi text: load umt5_xxl with core's CLIPLoader (type 'wan') "
-                   "once and share it with Wan workflows. Write the prompt in the model's caption form yourself.")
-    CATEGORY = "Ovi/conditioning"
-    RETURN_TYPES = ("OVI_TEXT",)
-    RETURN_NAMES = ("text",)
-    OUTPUT_TOOLTIPS = ("The encoded prompt and negatives, for Ovi Sampler.",)
-    FUNCTION = "convert"
+class OviTextFromConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="OviTextFromConditioning", display_name="Ovi Text From Conditioning", category="Ovi/conditioning",
+            description=("Uses core CLIPTextEncode output as Ovi text: load umt5_xxl with core's CLIPLoader (type "
+                         "'wan') once and share it with Wan workflows. Write the prompt in the model's caption form "
+                         "yourself."),
+            inputs=[
+                io.Conditioning.Input("positive", tooltip=(
+                    "CLIPTextEncode of the prompt, with a umT5-XXL from CLIPLoader (type wan). Both towers get it, "
+                    "as in Ovi.")),
+                io.Conditioning.Input("video_negative", optional=True, tooltip=(
+                    "CLIPTextEncode of the video negative prompt (Ovi's default: jitter, bad hands, blur, "
+                    "distortion). Not connected: the audio negative is used, or an all-zero context.")),
+                io.Conditioning.Input("audio_negative", optional=True, tooltip=(
+                    "CLIPTextEncode of the audio negative prompt (Ovi's default: robotic, muffled, echo, "
+                    "distorted). Not connected: the video negative is used, or an all-zero context.")),
+            ],
+            outputs=[OviTextType.Output("text", tooltip="The encoded prompt and negatives, for Ovi Sampler.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "positive": ("CONDITIONING", {
-                    "tooltip": "CLIPTextEncode of the prompt, with a umT5-XXL from CLIPLoader (type wan). Both towers "
-                               "get it, as in Ovi."}),
-            },
-            "optional": {
-                "video_negative": ("CONDITIONING", {
-                    "tooltip": "CLIPTextEncode of the video negative prompt (Ovi's default: jitter, bad hands, blur, "
-                               "distortion). Not connected: the audio negative is used, or an all-zero context."}),
-                "audio_negative": ("CONDITIONING", {
-                    "tooltip": "CLIPTextEncode of the audio negative prompt (Ovi's default: robotic, muffled, echo, "
-                               "distorted). Not connected: the video negative is used, or an all-zero context."}),
-            },
-        }
-
-    def convert(self, positive, video_negative=None, audio_negative=None):
-        pos = conditioning_to_states(positive, "positive")
-        vneg = conditioning_to_states(video_negative, "video_negative") if video_negative is not None else None
-        aneg = conditioning_to_states(audio_negative, "audio_negative") if audio_negative is not None else None
-        if vneg is None and aneg is None:
-            log.warning("Ovi: no negative conditioning connected; the negative pass uses an all-zero context. Connect "
-                        "CLIPTextEncode with Ovi's negatives for the reference behaviour")
-            vneg = aneg = torch.zeros(1, TEXT_DIM)
-        vneg, aneg = (vneg if vneg is not None else aneg), (aneg if aneg is not None else vneg)
-        return (OviText(pos, vneg, aneg, caption_style=None, source="CLIPTextEncode"),)
-
+    def execute(cls, positive, video_negative=None, audio_negative=None):
+        pos, vneg, aneg = text_from_conditioning(positive, video_negative, audio_negative)
+        return io.NodeOutput(OviText(pos, vneg, aneg, caption_style=None, source="CLIPTextEncode"))

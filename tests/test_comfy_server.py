@@ -70,6 +70,24 @@ def test_object_info_lists_every_ovi_node_and_the_pack_imported_cleanly(comfy):
     log = comfy.log(200_000)
     assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
     assert "ComfyUI-Ovi: missing Python package" not in log
+    assert "native-path nodes" not in log, log[-3000:]  # nodes/native_nodes.py loaded too, when it exists
+    if (ROOT / "nodes" / "native_nodes.py").is_file():
+        native = {"OviEmptyLatent", "OviGuider", "OviScheduler", "OviSamplerSelect", "OviNoise"}
+        assert native <= set(info), sorted(native - set(info))
+        assert all(info[n]["python_module"] == f"custom_nodes.{cs.PACK_DIR_NAME}" for n in native)
+
+
+def test_the_nodes_are_v3_nodes_served_by_comfy_entrypoint(comfy):
+    """V3 schema: /object_info's V1 view of a V3 node lists combos as ("COMBO", {"options"}) and the pack's own
+    socket types by name; the MODEL is core's."""
+    _, info = comfy.get("/object_info")
+    loader, sampler = info["OviModelLoader"], info["OviSampler"]
+    assert loader["output"] == ["MODEL"] and loader["input"]["required"]["variant"][0] == "COMBO"
+    assert sampler["input"]["required"]["model"][0] == "MODEL"
+    assert set(sampler["input"]["optional"]) == {"text", "start_image", "video_vae", "positive", "negative", "latent"}
+    assert sampler["output"] == ["LATENT", "LATENT", "LATENT"]
+    assert info["OviTextEncode"]["output"] == ["OVI_TEXT", "CONDITIONING", "CONDITIONING", "CONDITIONING"]
+    assert "comfy_entrypoint" in (ROOT / "__init__.py").read_text()
 
 
 def test_the_demo_workflow_runs_and_writes_its_mp4(comfy):
@@ -184,7 +202,10 @@ CASES = [
     ("prompt_missing", drop(T, "prompt"), V, T, ["Required input is missing", "prompt"]),
     ("text_variant_unknown", setv(T, "variant", "1080p"), V, T, ["not in list", "1080p", "720x720_5s"]),
     ("text_encoder_from_the_model_loader", link(T, "text_encoder", "OviModelLoader", 0), V, T,
-     ["Return type mismatch", "OVI_MODEL", "OVI_TEXT_ENCODER"]),
+     ["Return type mismatch", "MODEL", "OVI_TEXT_ENCODER"]),
+    ("sampler_without_text_or_positive", drop(S, "text"), X, S, ["no text", "positive"]),
+    ("sampler_model_from_the_text_loader", link(S, "model", "OviTextEncoderLoader", 0), V, S,
+     ["Return type mismatch", "OVI_TEXT_ENCODER", "MODEL"]),
     # decoders
     ("audio_latent_into_the_video_decoder", link("OviVideoDecode", "video_latent", S, 1), X, "OviVideoDecode",
      ["got an audio latent", "video_latent output"]),
@@ -355,3 +376,50 @@ def test_interrupt_stops_a_long_run_within_2_s_and_the_next_prompt_runs(comfy):
     nxt[ID[M]]["inputs"]["filename_prefix"] = "Ovi/after_interrupt"
     entry = run_ok(comfy, nxt)
     assert entry["outputs"][ID[M]]["images"][0]["filename"].startswith("after_interrupt_")
+
+
+# ---- workflows saved with the V1 nodes (before issue 12) ----------------------------------------------------------------
+V1_WORKFLOWS = sorted((ROOT / "tests" / "data" / "v1_workflows").glob("*.json"))
+DEMO_FILES = {("OviModelLoader", "model_name"), ("OviTextEncoderLoader", "text_encoder_name"),
+              ("OviVideoVAELoader", "vae_name"), ("OviAudioVAELoader", "vae_name"),
+              ("OviAudioVAELoader", "vocoder_name")}
+
+
+def on_the_demo_models(prompt: dict) -> dict:
+    """An API prompt with the demo entry in every Ovi loader and a 64x64, 2-step clip (the demo model's size)."""
+    from nodes.bridge import DEMO_ENTRY
+
+    for node in prompt.values():
+        t, inputs = node["class_type"], node["inputs"]
+        for name in inputs:
+            if (t, name) in DEMO_FILES:
+                inputs[name] = DEMO_ENTRY
+        if t == "OviSampler":
+            inputs.update(width=64, height=64, steps=2, slg_layer=1)
+        if t == "OviMux":
+            inputs["filename_prefix"] = f"v1/{inputs['filename_prefix'].replace('/', '_')}"
+    return prompt
+
+
+@pytest.mark.parametrize("path", V1_WORKFLOWS, ids=lambda p: p.stem)
+def test_a_workflow_saved_with_the_v1_nodes_converts_validates_and_runs(comfy, path):
+    """The frontend's API form of a saved V1 workflow (links by slot: OVI_MODEL -> model, OVI_TEXT -> text) is
+    accepted by the V3 nodes; on the demo models it runs and writes its mp4s. The one using core CLIPLoader needs a
+    umT5 file: there only that loader's file is refused."""
+    from PIL import Image
+
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(comfy.root / "input" / "example.png")  # LoadImage's picture
+    prompt = on_the_demo_models(cs.api_prompt(json.loads(path.read_text())))
+    uses_clip = any(n["class_type"] == "CLIPLoader" for n in prompt.values())
+    status, answer = comfy.queue(prompt)
+    if uses_clip:
+        assert status == 400, answer
+        bad = {nid: e["errors"] for nid, e in answer["node_errors"].items() if e["errors"]}
+        assert {prompt[nid]["class_type"] for nid in bad} == {"CLIPLoader"}, bad
+        assert all(e["type"] == "value_not_in_list" for errors in bad.values() for e in errors), bad
+        return
+    assert status == 200 and not answer["node_errors"], answer
+    entry = comfy.wait(answer["prompt_id"], timeout=300)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    muxes = [nid for nid, n in prompt.items() if n["class_type"] == "OviMux"]
+    assert muxes and all(entry["outputs"][nid]["images"] for nid in muxes)

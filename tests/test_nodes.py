@@ -1,5 +1,5 @@
-"""The ComfyUI node classes, called directly (no ComfyUI installed) on the built-in tiny demo models and on small
-checkpoint files written by the tests."""
+"""The ComfyUI node classes (V3 schema; the pack's stand-in for comfy_api here), called directly (no ComfyUI
+installed) on the built-in tiny demo models and on small checkpoint files written by the tests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,21 +31,34 @@ FRAMES, SAMPLES = 1 + 4 * (FRAMES_LAT - 1), 512 * AUDIO_LAT
 
 
 def run(node_id: str, **kwargs):
-    """Call a node the way ComfyUI does: instantiate, call FUNCTION with keyword inputs."""
+    """Call a V3 node the way ComfyUI does: its execute classmethod with keyword inputs, the hidden inputs (prompt,
+    extra_pnginfo) on the class. Returns the outputs tuple, or {"ui", "result"} when the node shows something."""
     cls = M[node_id]
-    return getattr(cls(), cls.FUNCTION)(**kwargs)
+    hidden = {k: kwargs.pop(k) for k in cls.INPUT_TYPES().get("hidden", {}) if k in kwargs}
+    if hidden:
+        cls = type(cls.__name__, (cls,), {"hidden": SimpleNamespace(**hidden)})
+    out = cls.execute(**kwargs)
+    return tuple(out.args) if out.ui is None else {"ui": out.ui, "result": tuple(out.args)}
 
 
-def sample(model, text, seed=1, steps=3, slg_layer=1, width=SIDE, height=SIDE, **kw):
+def sample_all(model, text, seed=1, steps=3, slg_layer=1, width=SIDE, height=SIDE, **kw):
+    """Ovi Sampler's three outputs: video LATENT, audio LATENT, joint LATENT."""
     return run("OviSampler", model=model, text=text, seed=seed, steps=steps, solver="unipc", shift=5.0,
                video_guidance=4.0, audio_guidance=3.0, slg_layer=slg_layer, width=width, height=height, **kw)
+
+
+def sample(model, text, **kw):
+    """The video and audio LATENTs."""
+    return sample_all(model, text, **kw)[:2]
 
 
 
 def short(model):
     """The demo model with a 3-latent-frame clip (9 frames, 11 audio latents) instead of 31/157: same code, less
     time. The shipped demo workflow (tests/test_workflows.py) runs the full-length clip."""
-    model.variant = dataclasses.replace(model.variant, video_latent_length=FRAMES_LAT, audio_latent_length=AUDIO_LAT)
+    inner = model.model
+    inner.ovi_variant = dataclasses.replace(inner.ovi_variant, video_latent_length=FRAMES_LAT,
+                                            audio_latent_length=AUDIO_LAT)
     return model
 
 
@@ -57,7 +71,7 @@ def demo():
     (te,) = run("OviTextEncoderLoader", text_encoder_name=DEMO_ENTRY, precision="auto")
     (vae,) = run("OviVideoVAELoader", vae_name=DEMO_ENTRY, precision="auto")
     (avae,) = run("OviAudioVAELoader", vae_name=DEMO_ENTRY, vocoder_name=DEMO_ENTRY)
-    (text,) = run("OviTextEncode", text_encoder=te, prompt=PROMPT, video_negative="blur", audio_negative="echo",
+    text, *_ = run("OviTextEncode", text_encoder=te, prompt=PROMPT, video_negative="blur", audio_negative="echo",
                   variant="720x720_5s")
     return dict(model=model, te=te, vae=vae, avae=avae, text=text)
 
@@ -93,12 +107,15 @@ def test_every_node_is_an_ovi_node_with_tooltips_and_a_description():
         assert node_id.startswith("Ovi"), node_id
         assert cls.CATEGORY.startswith("Ovi/"), node_id
         assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 20, node_id
-        assert callable(getattr(cls, cls.FUNCTION)), node_id
+        assert issubclass(cls, bridge.io.ComfyNode) and "define_schema" in vars(cls) and "execute" in vars(cls)
+        assert cls.define_schema().node_id == node_id
         assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS), node_id
+        assert all(cls.OUTPUT_TOOLTIPS), node_id
         for name, spec in _all_inputs(cls).items():
             assert len(spec) == 2 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
-            if isinstance(spec[0], list):
-                assert spec[1].get("default", spec[0][0]) in spec[0], f"{node_id}.{name}: default not an option"
+            if spec[0] == "COMBO":
+                options = spec[1]["options"]
+                assert spec[1].get("default", options[0]) in options, f"{node_id}.{name}: default not an option"
 
 
 def test_loaders_always_offer_the_demo_entry_and_list_files_of_their_folders(model_dir):
@@ -106,15 +123,16 @@ def test_loaders_always_offer_the_demo_entry_and_list_files_of_their_folders(mod
     (model_dir["diffusion_models"] / "sub").mkdir()
     (model_dir["diffusion_models"] / "sub" / "model_960x960.safetensors").write_bytes(b"x")
     (model_dir["ovi"] / "notes.txt").write_text("not a model")
-    options = _all_inputs(M["OviModelLoader"])["model_name"][0]
+    options = _all_inputs(M["OviModelLoader"])["model_name"][1]["options"]
     assert options == ["model.safetensors", "sub/model_960x960.safetensors", DEMO_ENTRY]
     for node_id in ("OviTextEncoderLoader", "OviVideoVAELoader", "OviAudioVAELoader"):
-        assert _all_inputs(M[node_id])[next(iter(_all_inputs(M[node_id])))][0][-1] == DEMO_ENTRY
+        assert _all_inputs(M[node_id])[next(iter(_all_inputs(M[node_id])))][1]["options"][-1] == DEMO_ENTRY
 
 
-# Modules that exist only inside ComfyUI (they build on its model classes) and that the pack does not import when it
-# loads: they may import ComfyUI at the top. Everything the pack loads talks to ComfyUI through the bridge.
-COMFY_ONLY_MODULES = {"native_model.py"}  # issue 12's native-model prototype, not registered as a node yet
+# Modules that exist only inside ComfyUI (they build on its model classes): they may import ComfyUI at the top, and
+# the pack imports them only inside functions, when ComfyUI is there. Everything else talks to ComfyUI through the
+# bridge.
+COMFY_ONLY_MODULES = {"native_model.py", "native_nodes.py"}
 
 
 def test_comfy_imports_live_only_in_the_bridge():
@@ -124,8 +142,9 @@ def test_comfy_imports_live_only_in_the_bridge():
     offenders = [p.name for p in files if p.name not in COMFY_ONLY_MODULES and pattern.search(p.read_text())]
     assert offenders == [] and not pattern.search((ROOT / "__init__.py").read_text())
     loaded_by_the_pack = "\n".join(p.read_text() for p in files if p.name not in COMFY_ONLY_MODULES)
-    for name in COMFY_ONLY_MODULES:
-        assert not re.search(rf"\b{name[:-3]}\b", loaded_by_the_pack), f"the pack imports the ComfyUI-only {name}"
+    for name in COMFY_ONLY_MODULES:  # no import at a module's top level
+        assert not re.search(rf"^(from|import)\s[^\n]*\b{name[:-3]}\b", loaded_by_the_pack, re.M), \
+            f"the pack imports the ComfyUI-only {name} when it loads"
 
 
 def test_the_pack_imports_without_comfyui_as_comfyui_imports_it():
@@ -135,7 +154,10 @@ def test_the_pack_imports_without_comfyui_as_comfyui_imports_it():
         f"spec = importlib.util.spec_from_file_location('ComfyUI-Ovi', {str(ROOT / '__init__.py')!r}, "
         f"submodule_search_locations=[{str(ROOT)!r}])\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['ComfyUI-Ovi'] = m; spec.loader.exec_module(m)\n"
-        "assert len(m.NODE_CLASS_MAPPINGS) == 10, m.NODE_CLASS_MAPPINGS\n"
+        "assert len(m.NODE_LIST) == 10 and not hasattr(m, 'NODE_CLASS_MAPPINGS'), dir(m)\n"
+        "import asyncio\n"
+        "ext = asyncio.run(m.comfy_entrypoint())\n"
+        "assert asyncio.run(ext.get_node_list()) == m.NODE_LIST\n"
         "assert sys.modules['ovi_core'].__file__.startswith(" + repr(str(ROOT)) + ")\n"
         "bad = [n for n in sys.modules if n.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths')]\n"
         "assert not bad, bad\n"
@@ -225,10 +247,11 @@ def test_same_seed_same_clip_other_seed_other_clip_and_no_model_copies(demo):
 
 
 @pytest.mark.parametrize("mode,blocks", [("offload after use", 0), ("block swap", 2)])
-def test_memory_modes_give_the_same_clip(demo, mode, blocks):
+def test_deprecated_memory_inputs_are_accepted_ignored_and_logged(demo, mode, blocks, caplog):
     (other,) = run("OviModelLoader", model_name=DEMO_ENTRY, variant="auto", weight_dtype="auto", attention="sdpa",
                    memory_mode=mode, swap_blocks=blocks)
     short(other)
+    assert f"memory_mode {mode!r} / swap_blocks {blocks} are deprecated and ignored" in caplog.text
     ref = sample(demo["model"], demo["text"], seed=5, steps=2)
     got = sample(other, demo["text"], seed=5, steps=2)
     assert torch.equal(ref[0]["samples"], got[0]["samples"]) and torch.equal(ref[1]["samples"], got[1]["samples"])
@@ -286,15 +309,15 @@ def test_start_image_problems_are_clear(demo):
 # ---- bad input -----------------------------------------------------------------------------------------------------
 def test_sizes_must_be_multiples_of_32_and_bounded():
     cls = M["OviSampler"]
-    assert cls.VALIDATE_INPUTS(width=704, height=1280) is True
+    assert cls.validate_inputs(width=704, height=1280) is True
     with pytest.raises(OviInputError, match="width 720 is not a multiple of 32.*704 or 736"):
-        cls.VALIDATE_INPUTS(width=720, height=720)
+        cls.validate_inputs(width=720, height=720)
     with pytest.raises(OviInputError, match="at least 32 pixels, got 0"):
-        cls.VALIDATE_INPUTS(width=0, height=64)
+        cls.validate_inputs(width=0, height=64)
     with pytest.raises(OviInputError, match=r"4096x4096 .* too large.*at most 2,073,600 pixels"):
-        cls.VALIDATE_INPUTS(width=4096, height=4096)
-    assert cls.VALIDATE_INPUTS(width=None, height=64) is True  # ComfyUI passes None for a linked input
-    assert cls.VALIDATE_INPUTS(height=64) is True  # missing: ComfyUI itself says "Required input is missing"
+        cls.validate_inputs(width=4096, height=4096)
+    assert cls.validate_inputs(width=None, height=64) is True  # ComfyUI passes None for a linked input
+    assert cls.validate_inputs(height=64) is True  # missing: ComfyUI itself says "Required input is missing"
 
 
 def test_sampler_refuses_bad_sizes_and_settings_with_a_message(demo):
@@ -311,9 +334,9 @@ def test_a_size_far_from_the_trained_area_works_with_a_warning(demo, caplog):
 
 
 def test_empty_prompt_is_refused_before_and_during_the_run(demo):
-    assert "the prompt is empty" in M["OviTextEncode"].VALIDATE_INPUTS(prompt="   ")
-    assert M["OviTextEncode"].VALIDATE_INPUTS(prompt=PROMPT) is True
-    assert M["OviTextEncode"].VALIDATE_INPUTS(prompt=None) is True  # linked: checked when it runs
+    assert "the prompt is empty" in M["OviTextEncode"].validate_inputs(prompt="   ")
+    assert M["OviTextEncode"].validate_inputs(prompt=PROMPT) is True
+    assert M["OviTextEncode"].validate_inputs(prompt=None) is True  # linked: checked when it runs
     with pytest.raises(OviInputError, match="the prompt is empty"):
         run("OviTextEncode", text_encoder=demo["te"], prompt="", video_negative="", audio_negative="",
             variant="720x720_5s")
@@ -321,10 +344,10 @@ def test_empty_prompt_is_refused_before_and_during_the_run(demo):
 
 def test_prompt_caption_follows_the_variant(demo, caplog):
     caplog.set_level("INFO")
-    (text,) = run("OviTextEncode", text_encoder=demo["te"], prompt=PROMPT, video_negative="blur",
+    text, *_ = run("OviTextEncode", text_encoder=demo["te"], prompt=PROMPT, video_negative="blur",
                   audio_negative="echo", variant="960x960_10s")
     assert text.caption_style == "audio_colon"
-    (text720,) = run("OviTextEncode", text_encoder=demo["te"], prompt=PROMPT, video_negative="blur",
+    text720, *_ = run("OviTextEncode", text_encoder=demo["te"], prompt=PROMPT, video_negative="blur",
                      audio_negative="echo", variant="720x720_5s")
     assert "<AUDCAP>a soft female voice, a quiet room.<ENDAUDCAP>" in caplog.text
     # the rewritten caption changes the encoded tokens
@@ -394,11 +417,11 @@ def test_loaders_read_files_and_detect_the_variant(model_dir):
     _write_demo_files(model_dir)
     (model,) = run("OviModelLoader", model_name="model_960x960.safetensors", variant="auto", weight_dtype="auto",
                    attention="sdpa", memory_mode="all on GPU", swap_blocks=0)
-    assert model.variant.name == "960x960_5s" and model.model.cfg.num_layers == 3
+    assert model.model.ovi_variant.name == "960x960_5s" and model.model.diffusion_model.cfg.num_layers == 3
     (forced,) = run("OviModelLoader", model_name="model_960x960.safetensors", variant="960x960_10s",
                     weight_dtype="fp8_e4m3fn", attention="sdpa", memory_mode="all on GPU", swap_blocks=0)
-    assert forced.variant.video_latent_length == 61
-    assert any(p.dtype == torch.float8_e4m3fn for p in forced.model.parameters())
+    assert forced.model.ovi_variant.video_latent_length == 61
+    assert any(p.dtype == torch.float8_e4m3fn for p in forced.model.diffusion_model.parameters())
     (vae,) = run("OviVideoVAELoader", vae_name="wan2.2_vae.safetensors", precision="fp32")
     from ovi_core.demo import build_demo_video_vae
 
@@ -425,6 +448,49 @@ def test_wrong_files_in_loaders_say_what_they_are(model_dir):
             memory_mode="all on GPU", swap_blocks=0)
     with pytest.raises(OviInputError, match="for both"):
         run("OviAudioVAELoader", vae_name=DEMO_ENTRY, vocoder_name="best_netG.pt")
+
+
+# ---- text as CONDITIONING, the joint audio+video LATENT ---------------------------------------------------------------
+def test_text_encode_gives_core_conditioning_that_drives_the_sampler_like_ovi_text(demo):
+    text, positive, negative, audio_negative = run("OviTextEncode", text_encoder=demo["te"], prompt=PROMPT,
+                                                   video_negative="blur", audio_negative="echo", variant="720x720_5s")
+    (pos, pos_extra), = positive
+    assert pos.shape == (1, 512, 4096) and pos_extra == {}
+    n = text.positive.shape[0]
+    assert torch.equal(pos[0, :n], text.positive) and not pos[0, n:].any()  # Ovi's zero padding to 512 tokens
+    (neg, neg_extra), = negative
+    assert torch.equal(neg[0, : text.video_negative.shape[0]], text.video_negative)
+    assert torch.equal(neg_extra["ovi_audio_context"], audio_negative[0][0])  # one negative pass, each tower its own
+    assert torch.equal(audio_negative[0][0][0, : text.audio_negative.shape[0]], text.audio_negative)
+    ours = sample(demo["model"], text, seed=3, steps=2)
+    theirs = sample(demo["model"], None, seed=3, steps=2, positive=positive, negative=negative)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a["samples"], b["samples"])
+    # the video negative alone: both towers get it (what core CLIPTextEncode's negative gives)
+    plain = sample(demo["model"], None, seed=3, steps=2, positive=positive, negative=[[neg, {}]])
+    assert not torch.equal(plain[1]["samples"], ours[1]["samples"])
+
+
+def test_sampler_returns_the_joint_latent_and_takes_one(demo):
+    video, audio, joint = sample_all(demo["model"], demo["text"], seed=4, steps=2)
+    parts = joint["samples"].unbind()
+    assert torch.equal(parts[0], video["samples"]) and torch.equal(parts[1], audio["samples"])
+    # a joint latent sets the size (its values are replaced by noise): the same clip as width / height
+    sized = {"samples": bridge.nested((torch.randn(1, 48, FRAMES_LAT, 4, 4), torch.randn(1, 20, AUDIO_LAT)))}
+    again = sample_all(demo["model"], demo["text"], seed=4, steps=2, width=704, height=704, latent=sized)
+    assert torch.equal(again[0]["samples"], video["samples"]) and torch.equal(again[1]["samples"], audio["samples"])
+
+
+def test_a_joint_latent_whose_mask_keeps_video_frame_0_is_image_to_video(demo):
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(2))
+    i2v = sample(demo["model"], demo["text"], seed=6, steps=2, start_image=image, video_vae=demo["vae"])
+    latent = {"samples": bridge.nested((i2v[0]["samples"], torch.zeros(1, 20, AUDIO_LAT))),
+              "noise_mask": bridge.nested((torch.cat([torch.zeros(1, 1, 1, 4, 4),
+                                                      torch.ones(1, 1, FRAMES_LAT - 1, 4, 4)], dim=2),
+                                           torch.ones(1, 20, AUDIO_LAT)))}
+    masked = sample(demo["model"], demo["text"], seed=6, steps=2, latent=latent)
+    torch.testing.assert_close(masked[0]["samples"], i2v[0]["samples"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(masked[1]["samples"], i2v[1]["samples"], atol=1e-5, rtol=0)
 
 
 # ---- core CLIPTextEncode as Ovi text ------------------------------------------------------------------------------------
@@ -467,7 +533,8 @@ def test_root_init_is_importable_by_path_like_comfyui_does():
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
-        assert set(module.NODE_CLASS_MAPPINGS) == set(M)
+        assert {cls.define_schema().node_id for cls in module.NODE_LIST} == set(M)
+        assert not hasattr(module, "NODE_CLASS_MAPPINGS")  # ComfyUI would take it and skip comfy_entrypoint
     finally:
         for name in [n for n in sys.modules if n.startswith(spec.name)]:
             del sys.modules[name]
@@ -484,30 +551,47 @@ import comfy.model_management as mm, folder_paths
 spec = importlib.util.spec_from_file_location("ComfyUI-Ovi", PACK + "/__init__.py", submodule_search_locations=[PACK])
 pack = importlib.util.module_from_spec(spec); sys.modules["ComfyUI-Ovi"] = pack; spec.loader.exec_module(pack)
 bridge = sys.modules["ComfyUI-Ovi.nodes.bridge"]
-assert bridge.HAVE_COMFY and "ovi" in folder_paths.folder_names_and_paths and "mmaudio" in folder_paths.folder_names_and_paths
-M = pack.NODE_CLASS_MAPPINGS
-run = lambda n, **k: getattr(M[n](), M[n].FUNCTION)(**k)
+assert bridge.HAVE_COMFY and bridge.HAVE_COMFY_API and "ovi" in folder_paths.folder_names_and_paths and "mmaudio" in folder_paths.folder_names_and_paths
+import asyncio, comfy.model_patcher
+from comfy_api.latest import io
+ext = asyncio.run(pack.comfy_entrypoint())
+node_list = asyncio.run(ext.get_node_list())
+assert all(issubclass(c, io.ComfyNode) for c in node_list)
+M = {c.define_schema().node_id: c for c in node_list}
+print("nodes", sorted(M))
+def run(n, **k):
+    out = M[n].execute(**k)
+    return out.args if out.ui is None else {"ui": out.ui, "result": out.args}
 D = bridge.DEMO_ENTRY
 out = tempfile.mkdtemp(); folder_paths.set_output_directory(out)
 def loaded():
     return [type(m.model.model).__name__ for m in mm.current_loaded_models if m.model is not None]
-for mode in ("all on GPU", "offload after use"):
-    (model,) = run("OviModelLoader", model_name=D, variant="auto", weight_dtype="auto", attention="sdpa", memory_mode=mode, swap_blocks=0)
-    model.variant = model.variant.__class__(**{**model.variant.__dict__, "video_latent_length": 3, "audio_latent_length": 11})
-    assert model.managed.patcher is not None
-    (te,) = run("OviTextEncoderLoader", text_encoder_name=D, precision="auto")
-    (text,) = run("OviTextEncode", text_encoder=te, prompt="a <S>b<E> <AUDCAP>c<ENDAUDCAP>", video_negative="x", audio_negative="y", variant="720x720_5s")
-    (vae,) = run("OviVideoVAELoader", vae_name=D, precision="auto")
-    (avae,) = run("OviAudioVAELoader", vae_name=D, vocoder_name=D)
-    v, a = run("OviSampler", model=model, text=text, seed=1, steps=2, solver="unipc", shift=5.0, video_guidance=4.0, audio_guidance=3.0, slg_layer=1, width=64, height=64, start_image=torch.rand(1, 40, 50, 3), video_vae=vae)
-    print(mode, "loaded after sampling:", loaded())
-    assert ("OviFusionHolder" in loaded()) == (mode == "all on GPU")
-    (frames,) = run("OviVideoDecode", video_vae=vae, video_latent=v, tiled=False, tile_size=512)
-    (audio,) = run("OviAudioDecode", audio_vae=avae, audio_latent=a, sample_rate="16000")
-    res = run("OviMux", images=frames, audio=audio, fps=24.0, filename_prefix="Ovi/x")
-    video = res["result"][0]
-    assert type(video).__name__ == "VideoFromComponents", type(video)
-    assert video.get_components().images.shape[0] == 9
+(model,) = run("OviModelLoader", model_name=D, variant="auto", weight_dtype="auto", attention="sdpa", memory_mode="all on GPU", swap_blocks=0)
+assert isinstance(model, comfy.model_patcher.ModelPatcher) and type(model.model).__name__ == "OviAV"
+assert all(getattr(m, "comfy_cast_weights", None) is not None for m in model.model.diffusion_model.modules() if isinstance(m, torch.nn.Linear))
+v = model.model.ovi_variant
+model.model.ovi_variant = v.__class__(**{**v.__dict__, "video_latent_length": 3, "audio_latent_length": 11})
+(te,) = run("OviTextEncoderLoader", text_encoder_name=D, precision="auto")
+text, positive, negative, audio_negative = run("OviTextEncode", text_encoder=te, prompt="a <S>b<E> <AUDCAP>c<ENDAUDCAP>", video_negative="x", audio_negative="y", variant="720x720_5s")
+assert positive[0][0].shape == (1, 512, 4096) and "ovi_audio_context" in negative[0][1]
+(vae,) = run("OviVideoVAELoader", vae_name=D, precision="auto")
+(avae,) = run("OviAudioVAELoader", vae_name=D, vocoder_name=D)
+image = torch.rand(1, 40, 50, 3)
+settings = dict(model=model, seed=1, steps=2, solver="unipc", shift=5.0, video_guidance=4.0, audio_guidance=3.0, slg_layer=1, width=64, height=64)
+v, a, joint = run("OviSampler", text=text, start_image=image, video_vae=vae, **settings)
+print("loaded after sampling:", loaded())
+assert "OviAV" in loaded()
+assert type(joint["samples"]).__name__ == "NestedTensor"
+assert torch.equal(joint["samples"].unbind()[0], v["samples"]) and torch.equal(joint["samples"].unbind()[1], a["samples"])
+# the CONDITIONING outputs drive the sampler like the OVI_TEXT one
+v2, a2, _ = run("OviSampler", positive=positive, negative=negative, start_image=image, video_vae=vae, **settings)
+assert (v2["samples"] - v["samples"]).abs().max() < 1e-5 and (a2["samples"] - a["samples"]).abs().max() < 1e-5
+(frames,) = run("OviVideoDecode", video_vae=vae, video_latent=v, tiled=False, tile_size=512)
+(audio,) = run("OviAudioDecode", audio_vae=avae, audio_latent=a, sample_rate="16000")
+res = run("OviMux", images=frames, audio=audio, fps=24.0, filename_prefix="Ovi/x")
+video = res["result"][0]
+assert type(video).__name__ == "VideoFromComponents", type(video)
+assert video.get_components().images.shape[0] == 9
 # ComfyUI's cancel flag stops the core inside each long operation (not only between sampling steps), once
 from ovi_core import interrupt
 assert bridge._comfy_interrupt_checker in interrupt._checkers

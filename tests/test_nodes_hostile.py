@@ -24,27 +24,27 @@ M = nodes.NODE_CLASS_MAPPINGS
 SIDE = 64
 RAW_TYPES = ("TypeError", "ValueError", "OSError", "KeyError", "AttributeError", "IndexError", "RuntimeError",
              "Traceback")
-MSG = "VALIDATE_INPUTS message"  # the refusal is a returned message (ComfyUI shows it under the input)
+MSG = "validate_inputs message"  # the refusal is a returned message (ComfyUI shows it under the input)
 
 
 def run(node_id: str, **kwargs):
-    cls = M[node_id]
-    return getattr(cls(), cls.FUNCTION)(**kwargs)
+    out = M[node_id].execute(**kwargs)
+    return tuple(out.args) if out.ui is None else {"ui": out.ui, "result": tuple(out.args)}
 
 
 def validate(node_id: str, **kwargs):
-    return M[node_id].VALIDATE_INPUTS(**kwargs)
+    return M[node_id].validate_inputs(**kwargs)
 
 
 @pytest.fixture(scope="module")
 def demo():
     (model,) = run("OviModelLoader", model_name=DEMO_ENTRY, variant="auto", weight_dtype="auto", attention="sdpa",
                    memory_mode="all on GPU", swap_blocks=0)
-    model.variant = dataclasses.replace(model.variant, video_latent_length=2, audio_latent_length=6)
+    model.model.ovi_variant = dataclasses.replace(model.model.ovi_variant, video_latent_length=2, audio_latent_length=6)
     (te,) = run("OviTextEncoderLoader", text_encoder_name=DEMO_ENTRY, precision="auto")
     (vae,) = run("OviVideoVAELoader", vae_name=DEMO_ENTRY, precision="auto")
     (avae,) = run("OviAudioVAELoader", vae_name=DEMO_ENTRY, vocoder_name=DEMO_ENTRY)
-    (text,) = run("OviTextEncode", text_encoder=te, prompt="a cat <S>hi<E> <AUDCAP>a voice<ENDAUDCAP>",
+    text, *_ = run("OviTextEncode", text_encoder=te, prompt="a cat <S>hi<E> <AUDCAP>a voice<ENDAUDCAP>",
                   video_negative="blur", audio_negative="echo", variant="720x720_5s")
     return dict(model=model, te=te, vae=vae, avae=avae, text=text)
 
@@ -98,6 +98,21 @@ def cond(d, positive, **kw):
 class NestedTensor:  # what ComfyUI's joint audio+video latents hold (comfy.nested_tensor.NestedTensor)
     def __init__(self, *tensors):
         self.tensors = list(tensors)
+        self.is_nested = True
+
+    def unbind(self):
+        return self.tensors
+
+
+def joint(video=(1, 48, 2, 4, 4), audio=(1, 20, 6), mask=None):
+    latent = {"samples": NestedTensor(torch.zeros(video), torch.zeros(audio))}
+    if mask is not None:
+        latent["noise_mask"] = mask
+    return latent
+
+
+class NotOvi:  # a core MODEL of another model: ModelPatcher.model is a BaseModel whose diffusion_model is not Ovi's
+    model = type("WAN22", (), {"diffusion_model": torch.nn.Linear(1, 1)})()
 
 
 def size(w, h):
@@ -156,6 +171,24 @@ CASES = [
      ["start_image must be an IMAGE", "[32, 3]"]),
     ("start_image_empty", lambda d: sample(d, start_image=torch.rand(1, 0, 32, 3), video_vae=d["vae"]),
      OviInputError, ["start_image is empty"]),
+    # ---- sampler: the model, text as CONDITIONING, the joint latent ----
+    ("model_not_ovi", lambda d: sample(d, model=NotOvi()), OviInputError, ["WAN22", "not an Ovi model",
+                                                                          "Ovi Model Loader"]),
+    ("no_text_nor_positive", lambda d: sample(d, text=None), OviInputError, ["no text", "positive"]),
+    ("positive_of_clip_l", lambda d: sample(d, text=None, positive=[[torch.zeros(1, 77, 768), {}]]), OviInputError,
+     ["width 768", "CLIPLoader, type 'wan'"]),
+    ("latent_not_joint", lambda d: sample(d, latent=VIDEO), OviInputError, ["joint audio+video LATENT",
+                                                                            "Ovi Empty Latent"]),
+    ("latent_batch_of_2", lambda d: sample(d, latent=joint((2, 48, 2, 4, 4), (2, 20, 6))), OviInputError,
+     ["batch of 2", "one clip"]),
+    ("latent_mask_keeps_the_audio", lambda d: sample(d, latent=joint(mask=NestedTensor(
+        torch.ones(1, 1, 2, 4, 4), torch.zeros(1, 20, 6)))), OviInputError, ["noise_mask", "video latent frame 0",
+                                                                              "Ovi Guider"]),
+    ("latent_over_the_demo_area", lambda d: sample(d, latent=joint((1, 48, 2, 4, 256))), OviInputError,
+     ["4096x64", "too large"]),
+    ("latent_and_start_image", lambda d: sample(d, latent=joint(mask=NestedTensor(
+        torch.cat([torch.zeros(1, 1, 1, 4, 4), torch.ones(1, 1, 1, 4, 4)], 2), torch.ones(1, 20, 6))),
+        start_image=torch.rand(1, 32, 32, 3), video_vae=d["vae"]), OviInputError, ["both a start_image"]),
     # ---- text ----
     ("prompt_empty", prompt(""), MSG, ["prompt is empty", "<S>", "<AUDCAP>"]),
     ("prompt_blank", prompt("  \n\t "), MSG, ["prompt is empty"]),
