@@ -229,3 +229,20 @@ def test_attention_backend_falls_back_to_sdpa_with_a_log(caplog):
     assert "using PyTorch SDPA" in caplog.text
     with pytest.raises(ValueError):
         resolve_backend("xformers")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn,
+                                   torch.float8_e5m2, torch.float64])
+def test_finite_scan_on_the_bits(dtype):
+    from ovi_core.weights import _SCAN_CHUNK, _FiniteScan
+
+    scan = _FiniteScan()
+    x = (torch.randn(_SCAN_CHUNK + 5) * 10).to(dtype)  # two chunks, the second short
+    x[:2] = torch.tensor([torch.finfo(dtype).max, -torch.finfo(dtype).max], dtype=dtype)  # largest finite values
+    assert scan(x) and scan(torch.arange(5))
+    bad_values = [float("nan")] if dtype == torch.float8_e4m3fn else [float("nan"), float("inf"), float("-inf")]
+    for bad in bad_values:
+        y = x.clone()
+        y[-1] = bad
+        assert not scan(y), bad
+        assert scan(x[:-1].clone())
