@@ -114,15 +114,14 @@ class OviEmptyLatent(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, width=None, height=None, length=None):
+        """Before the run. Raises (ComfyUI lists a raised error once; a returned message once per input named here);
+        a missing input is left to ComfyUI, a linked one (None) is checked when the node runs."""
         from ovi_core.sizes import check_clip_size
 
-        try:
-            if width is not None and height is not None:
-                check_clip_size(width, height, None, "any Ovi model")
-            if length is not None:
-                latent_lengths(length)
-        except OviInputError as exc:
-            return str(exc)
+        if width is not None and height is not None:
+            check_clip_size(width, height, None, "any Ovi model")
+        if length is not None:
+            latent_lengths(length)
         return True
 
     @classmethod

@@ -145,8 +145,10 @@ def test_empty_latent_shapes(length, frames, audio):
 ])
 def test_empty_latent_refuses_bad_sizes_and_lengths(inputs, words):
     args = {"width": 704, "height": 704, "length": 5, **inputs}
-    verdict = nn.OviEmptyLatent.validate_inputs(**args)
-    assert isinstance(verdict, str) and all(w in verdict for w in words), verdict
+    with pytest.raises(OviInputError) as refused:
+        nn.OviEmptyLatent.validate_inputs(**args)
+    verdict = str(refused.value)
+    assert all(w in verdict for w in words), verdict
     with pytest.raises(OviInputError) as err:
         nn.OviEmptyLatent.execute(batch_size=1, **args)
     assert str(err.value) == verdict
