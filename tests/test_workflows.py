@@ -441,3 +441,55 @@ def test_workflow_runs_end_to_end_on_the_tiny_models(path, tmp_path):
         assert joined.images.shape[0] == 2 * per_clip - 1
     if is_demo:
         assert all(results[i]["result"][0].images.shape[1:3] == (64, 64) for i in muxes)
+
+
+# ---- workflows saved with the V1 nodes (before issue 12: OVI_MODEL sockets, two sampler outputs) --------------------
+V1_WORKFLOWS = sorted((ROOT / "tests" / "data" / "v1_workflows").glob("*.json"))
+
+
+def test_the_v1_workflows_are_the_shipped_ones_of_before():
+    assert {p.name for p in V1_WORKFLOWS} >= {"ovi_demo_tiny_model.json", "ovi_t2av_720x720_5s.json",
+                                             "ovi_i2av_720x720_5s.json", "ovi_chained_continue_720x720_5s.json"}
+    assert all(any(n["type"] == "OviModelLoader" and n["outputs"][0]["type"] == "OVI_MODEL" for n in load(p)["nodes"])
+               for p in V1_WORKFLOWS)
+
+
+@pytest.mark.parametrize("path", V1_WORKFLOWS, ids=lambda p: p.stem)
+def test_a_v1_saved_workflow_converts_with_the_current_nodes(path):
+    """What the frontend does with a saved workflow: widgets_values by the current widget order, links by slot index.
+    Every widget value still fits its input, every required input is given, and each link's source slot now gives
+    the type its target input takes (OVI_MODEL -> MODEL on both ends, OVI_TEXT stays slot 0)."""
+    wf = load(path)
+    prompt = to_prompt(wf)
+    for node_id, node in prompt.items():
+        t, inputs = node["class_type"], node["inputs"]
+        specs = {n: s for n, s, _ in ordered_inputs(t)}
+        for name, spec, required in ordered_inputs(t):
+            assert not required or name in inputs, f"node {node_id} ({t}): {name} missing after conversion"
+        for name, value in inputs.items():
+            spec = specs[name]
+            if isinstance(value, tuple) and value and value[0] == "link":
+                src_type = prompt[value[1]]["class_type"]
+                assert definition(src_type)[1][value[2]] == input_type(spec), f"node {node_id} ({t}).{name}"
+            elif input_type(spec) == "COMBO" and (t, name) not in RELEASED_FILES:
+                assert value in combo_options(spec), f"node {node_id} ({t}).{name} = {value!r}"
+        validate = validator(t)
+        if validate is not None:
+            args = list(inspect.signature(validate).parameters)
+            plain = {a: v for a, v in inputs.items() if a in args and not (isinstance(v, tuple) and v[0] == "link")}
+            assert validate(**plain) is True, f"node {node_id} ({t})"
+
+
+def test_the_v1_saved_demo_workflow_runs(tmp_path):
+    from ovi_core.mux import probe_mp4
+
+    bridge.set_fallback_output_dir(tmp_path)
+    try:
+        prompt = to_prompt(load(ROOT / "tests" / "data" / "v1_workflows" / "ovi_demo_tiny_model.json"))
+        results = execute(prompt, short_clip=False)
+    finally:
+        bridge.set_fallback_output_dir(None)
+    (mux,) = [i for i, n in prompt.items() if n["class_type"] == "OviMux"]
+    (item,) = results[mux]["ui"]["images"]
+    info = probe_mp4(tmp_path / item["subfolder"] / item["filename"])
+    assert (info.video_streams, info.audio_streams, info.num_frames) == (1, 1, 121)
