@@ -10,7 +10,9 @@ repository linked as custom_nodes/ComfyUI-Ovi). Workflows are turned into API pr
     Ovi Sampler Select(unipc) those of Ovi Sampler(unipc); core uni_pc's difference from the exact unipc is printed;
   * a zero noise mask on the video (core LTXVSeparateAVLatent, SetLatentNoiseMask, LTXVConcatAVLatent) keeps it bit
     for bit while the audio is generated anew;
-  * further runs with other seeds work without the server's memory (VmRSS) growing.
+  * further runs with other seeds work without the server's memory (VmRSS) growing; two-stage sampling with Ovi
+    Noise off in the second stage equals one stage; the real-weight native workflows validate (but for their files)
+    and run on the demo models; /interrupt stops a native run; bad inputs get Ovi's messages.
 Latents leave the server through core SaveLatent (safetensors, float32: bit-exact).
 """
 
@@ -488,3 +490,31 @@ def test_bad_native_inputs_are_refused_clearly_and_write_nothing(comfy_native, i
     for word in words:
         assert word.lower() in text.lower(), f"{word!r} not in {text!r}"
     assert cs.files_under(comfy_native.output_dir) == before
+
+
+def test_two_stage_sampling_with_ovi_noise_off_equals_one_stage(comfy_native, info):
+    """Ovi Noise with add_noise off as the second stage's noise (core DisableNoise makes video-shaped zeros for a joint
+    latent, which fails): euler over Ovi's σ list split at step 4 (core SplitSigmas) == one euler run, to 1e-5."""
+    prompt = native_demo(info)
+    for node_type in ("LTXVSeparateAVLatent", "OviVideoDecode", "OviAudioDecode", "OviMux", "SaveVideo"):
+        for node_id in ids_of(prompt, node_type):
+            del prompt[node_id]
+    sca_id = one(prompt, "SamplerCustomAdvanced")
+    sca = prompt[sca_id]["inputs"]
+    prompt[one(prompt, "OviNoise")]["inputs"]["seed"] = SEED + 2
+    sigmas = add(prompt, "OviScheduler", solver="euler", steps=STEPS, shift=5.0)
+    euler = add(prompt, "KSamplerSelect", sampler_name="euler")
+    sca.update(sampler=[euler, 0], sigmas=[sigmas, 0])
+    whole = save_parts(prompt, [sca_id, 0], "one_stage")
+    split = add(prompt, "SplitSigmas", sigmas=[sigmas, 0], step=4)
+    first = add(prompt, "SamplerCustomAdvanced", noise=sca["noise"], guider=sca["guider"], sampler=[euler, 0],
+                sigmas=[split, 0], latent_image=sca["latent_image"])
+    no_noise = add(prompt, "OviNoise", seed=0, add_noise=False)
+    second = add(prompt, "SamplerCustomAdvanced", noise=[no_noise, 0], guider=sca["guider"], sampler=[euler, 0],
+                 sigmas=[split, 1], latent_image=[first, 0])
+    staged = save_parts(prompt, [second, 0], "two_stage")
+    entry = run_ok(comfy_native, prompt)
+    (v1, a1), (v2, a2) = ([read_latent(comfy_native, entry, i) for i in ids] for ids in (whole, staged))
+    err_v, err_a = (model_space(v2) - model_space(v1)).abs().max().item(), (a2 - a1).abs().max().item()
+    print(f"two stages vs one: video {err_v:.3g}, audio {err_a:.3g}")
+    assert err_v < TOL and err_a < TOL and model_space(v1).abs().max() > 0.1
