@@ -453,6 +453,11 @@ def _ovi_sampler_on_euler_sigmas(prompt):
     prompt[one(prompt, "OviScheduler")]["inputs"]["solver"] = "euler"  # Ovi Sampler Select stays on unipc
 
 
+def _image_latent(prompt):
+    latent = add(prompt, "EmptyLatentImage", width=64, height=64, batch_size=1)
+    prompt[one(prompt, "SamplerCustomAdvanced")]["inputs"]["latent_image"] = [latent, 0]
+
+
 V, X = "validation", "execution"
 NATIVE_CASES = [  # (name, change, where, node type, words)
     ("length_7_seconds", _set("OviEmptyLatent", length=7), V, "OviEmptyLatent", ["length 7", "5 s (121 frames)"]),
@@ -466,6 +471,8 @@ NATIVE_CASES = [  # (name, change, where, node type, words)
     ("solver_unknown", _set("OviSamplerSelect", solver="ddim"), V, "OviSamplerSelect", ["not in list", "ddim"]),
     ("ovi_unipc_on_euler_sigmas", _ovi_sampler_on_euler_sigmas, X, "SamplerCustomAdvanced",
      ["unipc", "Ovi Scheduler", "other sigmas"]),
+    ("image_latent_instead_of_the_joint_one", _image_latent, X, "SamplerCustomAdvanced",
+     ["joint audio+video LATENT", "Ovi Empty Latent"]),
 ]
 
 
