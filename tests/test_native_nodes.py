@@ -293,3 +293,15 @@ def test_ovi_solver_runs_on_a_sigma_list_core_uni_pc_has_edited(fusion, texts, c
     video_raw, audio = out["samples"].unbind()
     ref_v, ref_a = _reference(fusion, texts, "unipc")
     assert (_model_space(video_raw) - ref_v).abs().max() < TOL and (audio.transpose(1, 2) - ref_a).abs().max() < TOL
+
+
+def test_a_batch_of_two_gives_the_seeds_clip_twice(fusion, texts, custom_sampler):
+    """batch_size 2: Ovi Noise gives each row the seed's noise, so each row is the batch-1 result (the batched
+    positive/negative rows and the skip-layer rows line up)."""
+    sampler = _one(nn.OviSamplerSelect.execute(solver="unipc"))
+    latent = _one(nn.OviEmptyLatent.execute(width=SIDE, height=SIDE, length=5, batch_size=2))
+    video, audio = _graph(fusion, texts, custom_sampler, "unipc", sampler, latent=latent)
+    ref_v, ref_a = _reference(fusion, texts, "unipc")
+    for row in range(2):
+        assert (_model_space(video[row:row + 1]) - ref_v).abs().max() < TOL
+        assert (audio[row:row + 1].transpose(1, 2) - ref_a).abs().max() < TOL
