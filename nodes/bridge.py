@@ -258,13 +258,6 @@ class ManagedModule:
         return next(self.module.parameters()).device
 
 
-def free_memory_for(num_bytes: int, device: torch.device) -> None:
-    """Ask ComfyUI to unload other models until ``num_bytes`` are free on ``device`` (block swap, which manages
-    its own placement)."""
-    if HAVE_COMFY and device.type != "cpu":
-        mm.free_memory(num_bytes + mm.minimum_inference_memory(), device)
-
-
 def soft_empty_cache() -> None:
     if HAVE_COMFY:
         mm.soft_empty_cache()

@@ -168,7 +168,12 @@ def test_the_pack_imports_without_comfyui_as_comfyui_imports_it():
 
 
 # ---- the demo chain ----------------------------------------------------------------------------------------------
-def test_demo_chain_text_to_mp4(demo, out_dir):
+def test_demo_chain_text_to_mp4(demo, out_dir, monkeypatch):
+    import ovi_core.mux
+
+    written = []
+    write_mp4 = ovi_core.mux.write_mp4
+    monkeypatch.setattr(ovi_core.mux, "write_mp4", lambda *a, **k: written.append(k["metadata"]) or write_mp4(*a, **k))
     video_latent, audio_latent = sample(demo["model"], demo["text"], steps=2)
     # standard LATENTs: Wan2.2 layout (raw VAE space) and the audio latent channels-first
     assert list(video_latent["samples"].shape) == [1, 48, FRAMES_LAT, SIDE // 16, SIDE // 16]
@@ -182,6 +187,7 @@ def test_demo_chain_text_to_mp4(demo, out_dir):
                  prompt={"1": {"class_type": "OviSampler"}}, extra_pnginfo={"workflow": {"nodes": []}})
     (item,) = result["ui"]["images"]
     assert item == {"filename": "demo_00001_.mp4", "subfolder": "Ovi", "type": "output"}
+    assert written == [{"prompt": '{"1": {"class_type": "OviSampler"}}', "workflow": '{"nodes": []}'}]  # hidden inputs
     assert result["ui"]["animated"] == (True,)
     from ovi_core.mux import probe_mp4
 
@@ -592,6 +598,19 @@ res = run("OviMux", images=frames, audio=audio, fps=24.0, filename_prefix="Ovi/x
 video = res["result"][0]
 assert type(video).__name__ == "VideoFromComponents", type(video)
 assert video.get_components().images.shape[0] == 9
+# a checkpoint file through ComfyUI's operations: fp8 storage -> manual_cast layers (weights upcast per call)
+from ovi_core.demo import build_demo_fusion
+from ovi_core.weights import save_fusion_checkpoint
+models = tempfile.mkdtemp(); folder_paths.add_model_folder_path("ovi", models)
+save_fusion_checkpoint(build_demo_fusion(), models + "/model_960x960.safetensors")
+(fp8,) = run("OviModelLoader", model_name="model_960x960.safetensors", variant="auto", weight_dtype="fp8_e4m3fn", attention="sdpa", memory_mode="block swap", swap_blocks=2)
+linears = [m for m in fp8.model.diffusion_model.modules() if isinstance(m, torch.nn.Linear)]
+assert all(m.comfy_cast_weights for m in linears) and any(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+assert fp8.model.ovi_variant.name == "960x960_5s"
+fv0 = fp8.model.ovi_variant
+fp8.model.ovi_variant = fv0.__class__(**{**fv0.__dict__, "video_latent_length": 2, "audio_latent_length": 6})
+fv, fa, _ = run("OviSampler", text=text, **{**settings, "model": fp8, "steps": 1})
+assert torch.isfinite(fv["samples"]).all() and torch.isfinite(fa["samples"]).all()
 # ComfyUI's cancel flag stops the core inside each long operation (not only between sampling steps), once
 from ovi_core import interrupt
 assert bridge._comfy_interrupt_checker in interrupt._checkers
