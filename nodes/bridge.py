@@ -32,12 +32,12 @@ except ImportError:
     HAVE_COMFY = False
 
 try:  # the V3 node schema: ComfyUI's, or the pack's stand-in with the same names (nodes/schema.py)
-    from comfy_api.latest import ComfyExtension, io
+    from comfy_api.latest import ComfyExtension, io  # noqa: F401 - the pack's nodes use bridge.io / ComfyExtension
 
     HAVE_COMFY_API = True
 except ImportError:
-    from . import schema as io
-    from .schema import ComfyExtension
+    from . import schema as io  # noqa: F401
+    from .schema import ComfyExtension  # noqa: F401
 
     HAVE_COMFY_API = False
 

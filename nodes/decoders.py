@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from . import bridge
 from .bridge import io
-from .handles import OviAudioVAEType, OviVideoVAEType
 from .convert import audio_latent_from_comfy, frames_to_image, video_latent_from_comfy
+from .handles import OviAudioVAEType, OviVideoVAEType
 
 SAMPLE_RATES = ("16000", "22050", "24000", "32000", "44100", "48000")
 

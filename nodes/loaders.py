@@ -13,8 +13,16 @@ import torch
 
 from . import bridge
 from .bridge import DEMO_ENTRY, io
-from .handles import (MEMORY_MODES, OviAudioVAEHandle, OviAudioVAEType, OviTextEncoderHandle, OviTextEncoderType,
-                      OviVideoVAEHandle, OviVideoVAEType, make_model)
+from .handles import (
+    MEMORY_MODES,
+    OviAudioVAEHandle,
+    OviAudioVAEType,
+    OviTextEncoderHandle,
+    OviTextEncoderType,
+    OviVideoVAEHandle,
+    OviVideoVAEType,
+    make_model,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,15 @@ import math
 
 from . import bridge
 from .bridge import io
-from .convert import (audio_latent_to_comfy, check_size, refuse, start_image_to_frames, text_from_conditioning,
-                      video_latent_from_comfy, video_latent_to_comfy)
+from .convert import (
+    audio_latent_to_comfy,
+    check_size,
+    refuse,
+    start_image_to_frames,
+    text_from_conditioning,
+    video_latent_from_comfy,
+    video_latent_to_comfy,
+)
 from .handles import OviText, OviTextType, OviVideoVAEType, model_parts
 
 log = logging.getLogger(__name__)

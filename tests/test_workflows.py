@@ -464,7 +464,7 @@ def test_a_v1_saved_workflow_converts_with_the_current_nodes(path):
     for node_id, node in prompt.items():
         t, inputs = node["class_type"], node["inputs"]
         specs = {n: s for n, s, _ in ordered_inputs(t)}
-        for name, spec, required in ordered_inputs(t):
+        for name, _, required in ordered_inputs(t):
             assert not required or name in inputs, f"node {node_id} ({t}): {name} missing after conversion"
         for name, value in inputs.items():
             spec = specs[name]
