@@ -589,6 +589,15 @@ print("loaded after sampling:", loaded())
 assert "OviAV" in loaded()
 assert type(joint["samples"]).__name__ == "NestedTensor"
 assert torch.equal(joint["samples"].unbind()[0], v["samples"]) and torch.equal(joint["samples"].unbind()[1], a["samples"])
+# core's A/V latent nodes: LTXVSeparateAVLatent splits the joint output bit for bit; a joint latent from
+# LTXVConcatAVLatent whose video mask keeps frame 0 (LTXVImgToVideoInplace's [B, 1, F, 1, 1] mask) is image-to-video
+from comfy_extras import nodes_lt
+sv, sa = nodes_lt.LTXVSeparateAVLatent.execute(av_latent=joint).args
+assert torch.equal(sv["samples"], v["samples"]) and torch.equal(sa["samples"], a["samples"])
+keep0 = torch.cat([torch.zeros(1, 1, 1, 1, 1), torch.ones(1, 1, 2, 1, 1)], dim=2)
+(joint_in,) = nodes_lt.LTXVConcatAVLatent.execute(video_latent={"samples": v["samples"].clone(), "noise_mask": keep0}, audio_latent={"samples": torch.zeros_like(a["samples"]), "type": "audio"}).args
+v3, a3, _ = run("OviSampler", text=text, latent=joint_in, **settings)
+assert (v3["samples"] - v["samples"]).abs().max() < 1e-5 and (a3["samples"] - a["samples"]).abs().max() < 1e-5
 # the CONDITIONING outputs drive the sampler like the OVI_TEXT one
 v2, a2, _ = run("OviSampler", positive=positive, negative=negative, start_image=image, video_vae=vae, **settings)
 assert (v2["samples"] - v["samples"]).abs().max() < 1e-5 and (a2["samples"] - a["samples"]).abs().max() < 1e-5
