@@ -1,4 +1,6 @@
-"""Ovi as a native ComfyUI model (PROTOTYPE for issue 12, items 1, 2 and 6; not registered as a node yet).
+"""Ovi as a native ComfyUI model: the MODEL Ovi Model Loader returns (``build_model_patcher``), and the pieces the
+native-path nodes (nodes/native_nodes.py) wrap. ComfyUI only: imported by the pack inside functions, when ComfyUI is
+there (bridge.native_model()).
 
 What ComfyUI's stock sampling path needs, and where it is here:
   * a ``comfy.model_base.BaseModel`` subclass holding the torch module as ``diffusion_model`` (``OviAV``; the module

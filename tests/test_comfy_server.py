@@ -1,8 +1,9 @@
 """The pack inside a real ComfyUI 0.8 server (CPU, 127.0.0.1), driven through its HTTP API.
 
 One server for the session (tests/comfy_server.py builds its venv once, copies ComfyUI to a temporary folder, links
-this repository as custom_nodes/ComfyUI-Ovi). Checked: every Ovi node is registered; the shipped demo workflow runs
-and writes its mp4; hostile prompts get ComfyUI's validation error or an Ovi execution error whose message says
+this repository as custom_nodes/ComfyUI-Ovi). Checked: every Ovi node is registered, as a V3 node served by
+comfy_entrypoint; the shipped demo workflow runs and writes its mp4; every workflow saved with the V1 nodes
+(tests/data/v1_workflows) converts, validates and runs on the demo models; hostile prompts get ComfyUI's validation error or an Ovi execution error whose message says
 what is wrong — never a raw TypeError/ValueError — and leave no file in output/; /interrupt stops a 3000-step run
 within 2 s and the next prompt runs.
 """
