@@ -148,7 +148,6 @@ def replay_seconds(calls, repeats: int) -> tuple[float, float]:
 
 
 def profile_share(step) -> dict:
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
