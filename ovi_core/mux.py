@@ -199,7 +199,7 @@ def write_mp4(
 
     tmp = partial_path(path)
     try:
-        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
+        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart+use_metadata_tags"}) as out:
             for key, value in (metadata or {}).items():
                 out.metadata[key] = str(value)
             vs = out.add_stream("libx264", rate=rate, options={"crf": str(int(crf)), "preset": preset,

@@ -46,11 +46,13 @@ def _run(cmd: list[str], what: str, timeout: float) -> None:
 
 
 def prepare_venv(shared: Path, venv: Path) -> Path:
-    """ComfyUI's venv (built once by make_venv.sh) with the pack's requirements installed; returns its python."""
+    """ComfyUI's venv (built once by make_venv.sh) with the pack's requirements (and pytest, for the tests that run
+    inside it: tests/test_in_comfy_venv.py) installed; returns its python."""
     _run(["bash", str(shared / "make_venv.sh"), str(venv)], "building the ComfyUI venv", timeout=3600)
     python = venv / "bin" / "python"
     _run([str(python), "-m", "pip", "install", "-q", "-c", str(shared / "constraints.txt"), "-r",
-          str(ROOT / "requirements.txt")], "installing the pack's requirements.txt", timeout=1800)
+          str(ROOT / "requirements.txt"), "-r", str(ROOT / "requirements-dev.txt")],
+         "installing the pack's requirements.txt", timeout=1800)
     return python
 
 

@@ -173,3 +173,17 @@ def test_muxing_stops_at_an_interrupt_check(tmp_path):
     with interrupt.checking(stop_after_ten_frames), pytest.raises(OviInterrupted, match="writing the mp4"):
         write_mp4(tmp_path / "x.mp4", video, FPS, audio, SR)
     assert len(calls) == 11 and list(tmp_path.iterdir()) == []
+
+
+def test_metadata_lands_in_the_file(tmp_path):
+    # ComfyUI's prompt/workflow (and our demo notice) must be readable from the mp4, as core SaveVideo's are: the mp4
+    # muxer writes arbitrary keys only with use_metadata_tags
+    import av
+
+    video, audio = _clip(frames=3, samples=2000)
+    out = tmp_path / "meta.mp4"
+    write_mp4(out, video, 24, audio, 16000, metadata={"workflow": '{"nodes": []}', "prompt": '{"1": {}}',
+                                                      "comment": "DEMO"})
+    with av.open(str(out)) as c:
+        meta = dict(c.metadata)
+    assert meta["workflow"] == '{"nodes": []}' and meta["prompt"] == '{"1": {}}' and meta["comment"] == "DEMO"
