@@ -101,20 +101,44 @@ class OviVideoVAEHandle:
 
 @dataclass
 class OviAudioVAEHandle:
-    """The MMAudio 16 kHz VAE decoder + BigVGAN vocoder (OVI_AUDIO_VAE)."""
+    """The MMAudio 16 kHz VAE decoder + BigVGAN vocoder (OVI_AUDIO_VAE), and the VAE's encoder half, loaded from the
+    same file the first time something encodes audio (Ovi Audio Encode).
+
+    encoder_source: the VAE file's path, DEMO_ENTRY for the demo encoder, or None (nothing to encode with)."""
 
     decoder: object  # ovi_core.mmaudio_vae.AudioDecoder
     name: str
     devices: Devices
+    encoder_source: object = None
 
     def __post_init__(self):
         module = self.decoder if isinstance(self.decoder, torch.nn.Module) else None
         self.managed = ManagedModule(module, self.devices) if module is not None else None
+        self._encoder = None
 
     def acquire(self):
         if self.managed is not None:
             self.managed.use()
         return self.decoder
+
+    def acquire_encoder(self):
+        """The MMAudio VAE encoder (ovi_core.mmaudio_encoder.AudioEncoder) on its compute device, loaded lazily."""
+        if self._encoder is None:
+            from ovi_core.errors import OviInputError
+
+            if self.encoder_source is None:
+                raise OviInputError(f"the audio VAE {self.name!r} was loaded without a file to take the encoder from; "
+                                    "load MMAudio's v1-16.pth (or ComfyUI's MMAudio VAE file) with Ovi Audio VAE Loader")
+            if self.encoder_source == bridge.DEMO_ENTRY:
+                from ovi_core.mmaudio_encoder import build_demo_audio_encoder
+
+                encoder = build_demo_audio_encoder(device=self.devices.offload)
+            else:
+                from ovi_core.mmaudio_encoder import load_audio_encoder
+
+                encoder = load_audio_encoder(self.encoder_source, device=self.devices.offload)
+            self._encoder = ManagedModule(encoder, self.devices)
+        return self._encoder.use()
 
 
 @dataclass

@@ -197,8 +197,8 @@ class OviAudioVAELoader(io.ComfyNode):
         choices = bridge.model_choices(AUDIO_VAE_FOLDERS)
         return io.Schema(
             node_id="OviAudioVAELoader", display_name="Ovi Audio VAE Loader", category="Ovi/loaders",
-            description=("Loads Ovi's audio decoder: the MMAudio 16 kHz VAE (v1-16.pth) and the BigVGAN vocoder "
-                         "(best_netG.pt), from models/mmaudio or models/ovi."),
+            description=("Loads Ovi's audio VAE: the MMAudio 16 kHz VAE (v1-16.pth; decoder, and its encoder for Ovi "
+                         "Audio Encode) and the BigVGAN vocoder (best_netG.pt), from models/mmaudio or models/ovi."),
             inputs=[
                 io.Combo.Input("vae_name", options=choices, tooltip=(
                     "The MMAudio 16 kHz VAE, v1-16.pth from hkchengrex/MMAudio (models/mmaudio or models/ovi). "
@@ -208,7 +208,9 @@ class OviAudioVAELoader(io.ComfyNode):
                     f"when the VAE is the demo one; '{VOCODER_IN_VAE_FILE}' for a single file holding "
                     "vae.* and vocoder.* weights.")),
             ],
-            outputs=[OviAudioVAEType.Output("audio_vae", tooltip="The audio decoder, for Ovi Audio Decode.")],
+            outputs=[OviAudioVAEType.Output("audio_vae", tooltip=(
+                "The audio decoder, for Ovi Audio Decode; its encoder half (read from the VAE file when first used) "
+                "for Ovi Audio Encode."))],
         )
 
     @classmethod
@@ -223,11 +225,13 @@ class OviAudioVAELoader(io.ComfyNode):
             from ovi_core.demo import build_demo_audio_decoder
 
             decoder = build_demo_audio_decoder(device=devices.offload)
+            encoder_source = DEMO_ENTRY
         else:
             from ovi_core.mmaudio_vae import load_audio_decoder
 
             vocoder = (None if vocoder_name == VOCODER_IN_VAE_FILE
                        else bridge.resolve_file(AUDIO_VAE_FOLDERS, vocoder_name, "vocoder"))
-            decoder = load_audio_decoder(bridge.resolve_file(AUDIO_VAE_FOLDERS, vae_name, "audio VAE"), vocoder,
-                                         device=devices.offload)
-        return io.NodeOutput(OviAudioVAEHandle(decoder, f"{vae_name} + {vocoder_name}", devices))
+            encoder_source = bridge.resolve_file(AUDIO_VAE_FOLDERS, vae_name, "audio VAE")
+            decoder = load_audio_decoder(encoder_source, vocoder, device=devices.offload)
+        # the encoder half (Ovi Audio Encode) is loaded from the same file when first used
+        return io.NodeOutput(OviAudioVAEHandle(decoder, f"{vae_name} + {vocoder_name}", devices, encoder_source))

@@ -104,7 +104,8 @@ def write_demo_checkpoints(folder, layout: str = "reference", seed: int = DEMO_W
     download: ``layout="reference"`` gives Ovi/model.safetensors, Wan2.2-TI2V-5B/{models_t5_umt5-xxl-enc-bf16.pth,
     google/umt5-xxl/spiece.model, Wan2.2_VAE.pth}, MMAudio/ext_weights/{v1-16.pth, best_netG.pt};
     ``layout="comfy"`` gives ovi/model.safetensors, text_encoders/umt5_xxl_fp16.safetensors (tokenizer inside),
-    vae/wan2.2_vae.safetensors and vae/mmaudio_vae_16k_fp32.safetensors (VAE + vocoder in one file).
+    vae/wan2.2_vae.safetensors and vae/mmaudio_vae_16k_fp32.safetensors (VAE + vocoder in one file). The audio VAE
+    files hold the demo encoder's ``encoder.*`` tensors too (ovi_core.mmaudio_encoder.load_audio_encoder reads them).
     The files hold safetensors data whatever their extension (the loaders read the content, not the name).
     The fused file says it is a 720x720_5s model; generating with it runs at 704x704 (slow on a CPU)."""
     from pathlib import Path
@@ -122,6 +123,8 @@ def write_demo_checkpoints(folder, layout: str = "reference", seed: int = DEMO_W
     text.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight
     vae = build_demo_video_vae(seed).state_dict()
     audio = build_demo_audio_decoder(seed)
+    # the VAE's encoder half (audio -> latent), stored with the decoder as in MMAudio's v1-16.pth
+    encoder = {k: v for k, v in build_demo_audio_encoder(seed).state_dict().items() if k.startswith("encoder.")}
     spiece = demo_tokenizer_model()
     if layout == "reference":
         wan, mm = root / "Wan2.2-TI2V-5B", root / "MMAudio" / "ext_weights"
@@ -131,7 +134,7 @@ def write_demo_checkpoints(folder, layout: str = "reference", seed: int = DEMO_W
         (wan / "google" / "umt5-xxl").mkdir(parents=True, exist_ok=True)
         (wan / "google" / "umt5-xxl" / "spiece.model").write_bytes(spiece)
         save(vae, wan / "Wan2.2_VAE.pth")
-        save(audio.vae.state_dict(), mm / "v1-16.pth")
+        save({**audio.vae.state_dict(), **encoder}, mm / "v1-16.pth")
         save(audio.vocoder.state_dict(), mm / "best_netG.pt")
     elif layout == "comfy":
         (root / "ovi").mkdir(parents=True, exist_ok=True)
@@ -139,7 +142,8 @@ def write_demo_checkpoints(folder, layout: str = "reference", seed: int = DEMO_W
         text["spiece_model"] = torch.frombuffer(bytearray(spiece), dtype=torch.uint8)
         save(text, root / "text_encoders" / "umt5_xxl_fp16.safetensors")
         save(vae, root / "vae" / "wan2.2_vae.safetensors")
-        save(audio.state_dict(), root / "vae" / "mmaudio_vae_16k_fp32.safetensors")
+        save({**audio.state_dict(), **{f"vae.{k}": v for k, v in encoder.items()}},
+             root / "vae" / "mmaudio_vae_16k_fp32.safetensors")
     else:
         raise ValueError(f"layout must be 'reference' or 'comfy', got {layout!r}")
     return root
@@ -152,4 +156,11 @@ def build_demo_audio_decoder(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.
     except ImportError as exc:
         raise OviError(f"the demo audio decoder is not available in this install ({exc}); "
                        "ovi_core/mmaudio_vae.py must provide build_demo_audio_decoder") from None
+    return build(seed, device=device)
+
+
+def build_demo_audio_encoder(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device = "cpu"):
+    """The tiny MMAudio VAE encoder that goes with the demo audio decoder (ovi_core.mmaudio_encoder)."""
+    from ovi_core.mmaudio_encoder import build_demo_audio_encoder as build
+
     return build(seed, device=device)
