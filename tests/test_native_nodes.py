@@ -116,7 +116,7 @@ def _model_space(video_raw):
 # ---- schemas -------------------------------------------------------------------------------------------------------
 def test_schemas_ids_tooltips_descriptions():
     ids = [cls.define_schema().node_id for cls in nn.NATIVE_NODES]
-    assert ids == ["OviEmptyLatent", "OviGuider", "OviScheduler", "OviSamplerSelect", "OviNoise"]
+    assert ids[:5] == ["OviEmptyLatent", "OviGuider", "OviScheduler", "OviSamplerSelect", "OviNoise"]  # + later packs
     assert not set(ids) & OLD_IDS and len(set(ids)) == len(ids)
     for cls in nn.NATIVE_NODES:
         schema = cls.define_schema()
