@@ -220,6 +220,11 @@ class OviAV(comfy.model_base.BaseModel):
     def get_dtype(self):
         return next(self.diffusion_model.parameters()).dtype
 
+    def extra_lora_keys(self) -> dict[str, str]:
+        """LoRA layer names core's key map lacks for Ovi (``lora_key_map``); core's model_lora_keys_unet consults
+        this through ``install_lora_support``."""
+        return lora_key_map(self.state_dict().keys())
+
     # -- conditioning (called once per cond by process_conds) --
     def extra_conds(self, **kwargs):
         out = {}
@@ -461,3 +466,146 @@ class OviGuider(comfy.samplers.CFGGuider):
         (pv, pa), (nv, na) = comfy.utils.unpack_latents(pos, shapes), comfy.utils.unpack_latents(neg, shapes)
         guided = [nv + self.video_cfg * (pv - nv), na + self.audio_cfg * (pa - na)]
         return comfy.utils.pack_latents(guided)[0]
+
+
+# ---- LoRA ----------------------------------------------------------------------------------------------------------
+# Core's LoraLoader / LoraLoaderModelOnly (comfy.sd.load_lora_for_models, and comfy.hooks) build the LoRA key map with
+# comfy.lora.model_lora_keys_unet, which in ComfyUI 0.8 extends it per model class by isinstance checks only (no
+# method a model can override). From the state-dict keys alone it already maps Ovi's own layout *with* the
+# "diffusion_model." prefix and "lora_unet_video_model_blocks_N_..." names; ``lora_key_map`` adds the rest, and
+# ``install_lora_support`` (run on import) wraps the two core functions so they use it for OviAV only.
+
+# Wan2.2 diffusers names (WanTransformer3DModel) -> Wan's own names, which Ovi's video tower uses.
+WAN_DIFFUSERS_NAMES = {
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o", "attn1.norm_q": "self_attn.norm_q", "attn1.norm_k": "self_attn.norm_k",
+    "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k", "attn2.to_v": "cross_attn.v",
+    "attn2.to_out.0": "cross_attn.o", "attn2.norm_q": "cross_attn.norm_q", "attn2.norm_k": "cross_attn.norm_k",
+    "ffn.net.0.proj": "ffn.0", "ffn.net.2": "ffn.2", "norm2": "norm3",
+}
+WAN_DIFFUSERS_TOP = {
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1", "proj_out": "head.head", "patch_embedding": "patch_embedding",
+}
+MODEL_PREFIX = "diffusion_model."
+VIDEO_TOWER = "video_model."
+LORA_FORMATS = ("Ovi (video_model.* / audio_model.*, with or without diffusion_model.)",
+                "Wan2.2-TI2V-5B: diffusion_model.blocks.N.*, blocks.N.*, lora_unet_blocks_N_*, transformer.blocks.N.* "
+                "(Wan or diffusers names), onto the video tower")
+
+
+def _wan_diffusers_name(wan: str) -> str | None:
+    """A Wan layer name (``blocks.3.self_attn.q``, ``head.head``) -> its diffusers name, or None."""
+    parts = wan.split(".")
+    if parts[0] == "blocks" and len(parts) > 2:
+        rest = ".".join(parts[2:])
+        for diff, own in WAN_DIFFUSERS_NAMES.items():
+            if rest == own:
+                return f"blocks.{parts[1]}.{diff}"
+        return None
+    for diff, own in WAN_DIFFUSERS_TOP.items():
+        if wan == own:
+            return diff
+    return None
+
+
+def lora_key_map(model_keys) -> dict[str, str]:
+    """LoRA layer names -> OviAV state-dict keys, beyond what core derives from the keys themselves.
+
+    ``model_keys``: OviAV state-dict keys (``diffusion_model.video_model.blocks.0.self_attn.q.weight``, ...). Adds
+      * Ovi's layout without the prefix: ``video_model.blocks.0.self_attn.q`` / ``audio_model...`` (both towers);
+      * Wan2.2-TI2V-5B LoRAs onto the video tower (Ovi's video tower is that DiT): ``diffusion_model.blocks.0...``,
+        bare ``blocks.0...``, ``lora_unet_blocks_0_self_attn_q`` (+ ``.alpha``), ``transformer.blocks.0...`` with
+        Wan's names or diffusers' (``transformer.blocks.0.attn1.to_q``), and ``lycoris_`` / ``lora_transformer_``.
+    """
+    out = {}
+    for key in model_keys:
+        if not key.startswith(MODEL_PREFIX):
+            continue
+        own = key[len(MODEL_PREFIX):]
+        if not own.endswith(".weight"):
+            out[own] = key
+            continue
+        own = own[: -len(".weight")]
+        out[own] = key  # Ovi layout, no prefix
+        if not own.startswith(VIDEO_TOWER):
+            continue
+        wan = own[len(VIDEO_TOWER):]  # the Wan2.2 name of this video-tower layer
+        names = [f"diffusion_model.{wan}", wan, f"transformer.{wan}"]
+        flat = [f"lora_unet_{wan.replace('.', '_')}", f"lycoris_{wan.replace('.', '_')}"]
+        if (diff := _wan_diffusers_name(wan)) is not None:
+            names += [f"transformer.{diff}", f"diffusion_model.{diff}", diff]
+            flat += [f"lora_transformer_{diff.replace('.', '_')}", f"lycoris_{diff.replace('.', '_')}"]
+        for name in names + flat:
+            out.setdefault(name, key)
+    return out
+
+
+class OviLoraKeys(dict):
+    """The key map core built for an OviAV (marks it for the load summary)."""
+
+    ovi_model = True
+
+
+def _unmatched(lora: dict, key_map: dict) -> list[str]:
+    """LoRA file keys that name no layer of the key map (no dotted prefix of the key is a mapped LoRA name)."""
+    out = []
+    for k in lora.keys():
+        parts = k.split(".")
+        names = [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+        names += [n[: -len("_lora")] for n in names if n.endswith("_lora")]  # "<layer>_lora.up.weight"
+        if not any(n in key_map for n in names):
+            out.append(k)
+    return out
+
+
+def _summarise_lora(lora: dict, key_map: dict, patches: dict) -> None:
+    missed = _unmatched(lora, key_map)
+    towers = {t: sum(1 for k in patches if str(k if isinstance(k, str) else k[0]).startswith(MODEL_PREFIX + t))
+              for t in ("video_model.", "audio_model.")}
+    if not patches:
+        logger.warning("Ovi LoRA: none of the file's %d keys matches a layer of the Ovi model (%d unmatched) — it is "
+                       "a LoRA for another model; the MODEL is left unchanged. Ovi takes: %s", len(lora), len(missed),
+                       "; ".join(LORA_FORMATS))
+        return
+    logger.info("Ovi LoRA: %d layers patched (video tower %d, audio tower %d) from %d keys",
+                len(patches), towers["video_model."], towers["audio_model."], len(lora))
+    if missed:
+        logger.warning("Ovi LoRA: %d of the file's %d keys match no layer of the Ovi model and were not loaded "
+                       "(first: %s)", len(missed), len(lora), ", ".join(missed[:5]))
+
+
+def install_lora_support() -> None:
+    """Wrap comfy.lora.model_lora_keys_unet (adds a model's ``extra_lora_keys()``: OviAV's) and comfy.lora.load_lora
+    (one summary line with the count of keys that matched nothing, after core's per-key warnings). Idempotent; other
+    models pass through unchanged."""
+    import comfy.lora
+
+    if getattr(comfy.lora.model_lora_keys_unet, "_ovi_wrapped", False):
+        return
+    keys_unet, load_lora = comfy.lora.model_lora_keys_unet, comfy.lora.load_lora
+
+    def model_lora_keys_unet(model, key_map={}):  # noqa: B006 (core's signature)
+        key_map = keys_unet(model, key_map)
+        extra = getattr(model, "extra_lora_keys", None)
+        if extra is None:
+            return key_map
+        out = OviLoraKeys(key_map)
+        for name, key in extra().items():
+            out.setdefault(name, key)
+        return out
+
+    def load_lora_(lora, to_load, log_missing=True):
+        patches = load_lora(lora, to_load, log_missing=log_missing)
+        if getattr(to_load, "ovi_model", False):
+            _summarise_lora(lora, to_load, patches)
+        return patches
+
+    model_lora_keys_unet._ovi_wrapped = load_lora_._ovi_wrapped = True
+    comfy.lora.model_lora_keys_unet, comfy.lora.load_lora = model_lora_keys_unet, load_lora_
+
+
+install_lora_support()
