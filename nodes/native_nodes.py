@@ -242,3 +242,4 @@ class OviNoise(io.ComfyNode):
 
 NATIVE_NODES = [OviEmptyLatent, OviGuider, OviScheduler, OviSamplerSelect, OviNoise]
 NATIVE_NODES += __import__(f"{__package__}.av_nodes", fromlist=["AV_NODES"]).AV_NODES  # Ovi Audio Encode, Ovi Video To Audio, Ovi AV Latent From Parts
+NATIVE_NODES += __import__(f"{__package__}.extend_nodes", fromlist=["EXTEND_NODES"]).EXTEND_NODES  # Ovi Extend, Ovi Join Clips
