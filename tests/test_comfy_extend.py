@@ -1,0 +1,168 @@
+"""Ovi Extend / Ovi Join Clips and LoRA in a real ComfyUI 0.8 server (CPU, 127.0.0.1), on the demo model.
+
+Own server session (tests/comfy_server.py: ComfyUI's venv, a copy of its tree, this repository linked as a custom
+node); prompts come from the shipped UI workflows through the server's /object_info (tests/test_comfy_native.to_api).
+Checked:
+  * workflows/ovi_extend_demo_tiny_model.json (three 5 s windows, 1 s overlap) runs; its mp4 has exactly
+    121 + 96 + 96 = 313 frames, and the joined AUDIO (saved losslessly as FLAC next to it) exactly
+    3·80384 − 2·16384 = 208384 samples at 16 kHz; each next window's sampled latent holds the previous window's
+    audio latents 125..156 and the re-encoded start frames bit for bit;
+  * core LoraLoaderModelOnly with a Wan2.2-style LoRA file in models/loras patches the Ovi MODEL in the native demo
+    workflow (the clip changes, the log names the patched layers); a LoRA for another model leaves the clip as it
+    was and the log says so with the key count;
+  * an overlap as long as the window gets Ovi's message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import comfy_server as cs
+from tests.test_comfy_native import add, ids_of, one, read_latent, run_ok, to_api
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_EXTEND = ROOT / "workflows" / "ovi_extend_demo_tiny_model.json"
+DEMO_NATIVE = ROOT / "workflows" / "ovi_demo_native_tiny_model.json"
+FRAMES, SAMPLES, RATE = 121, 512 * 157, 16000
+KEPT_FRAMES, ADVANCE, SHIFT, HELD, KEPT_LATENTS = 25, 96, 125, 32, 7  # the 1 s seam of 5 s windows
+
+
+@pytest.fixture(scope="session")
+def comfy_extend(comfy_python, tmp_path_factory):
+    server = cs.start_server(comfy_python, cs.shared_dir() / "ComfyUI", tmp_path_factory.mktemp("comfy_extend"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def info(comfy_extend) -> dict:
+    status, answer = comfy_extend.get("/object_info", timeout=60)
+    assert status == 200, answer
+    return answer
+
+
+def test_extend_nodes_are_registered_with_tooltips(info):
+    for node_id in ("OviExtend", "OviJoinClips"):
+        entry = info[node_id]
+        assert entry["python_module"] == f"custom_nodes.{cs.PACK_DIR_NAME}"
+        assert entry["category"] == "Ovi/extend" and entry["description"]
+        for name, spec in entry["input"]["required"].items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name}"
+
+
+def _save_parts(prompt: dict, joint: list, name: str) -> tuple[str, str]:
+    sep = add(prompt, "LTXVSeparateAVLatent", av_latent=joint)
+    return (add(prompt, "SaveLatent", samples=[sep, 0], filename_prefix=f"extend_test/{name}_video"),
+            add(prompt, "SaveLatent", samples=[sep, 1], filename_prefix=f"extend_test/{name}_audio"))
+
+
+def _flac_samples(path: Path) -> tuple[int, int]:
+    import av
+
+    with av.open(str(path)) as f:
+        stream = f.streams.audio[0]
+        return sum(frame.samples for frame in f.decode(stream)), stream.rate
+
+
+def test_demo_extend_workflow_three_windows_exact_lengths_and_held_seams(comfy_extend, info):
+    from ovi_core.mux import probe_mp4
+
+    prompt = to_api(json.loads(DEMO_EXTEND.read_text()), info)
+    samplers = sorted(ids_of(prompt, "SamplerCustomAdvanced"), key=int)
+    extends = sorted(ids_of(prompt, "OviExtend"), key=int)
+    joins = sorted(ids_of(prompt, "OviJoinClips"), key=int)
+    assert len(samplers) == 3 and len(extends) == 2 and len(joins) == 2
+    windows = [_save_parts(prompt, [s, 0], f"window{k}") for k, s in enumerate(samplers)]
+    starts = [_save_parts(prompt, [e, 0], f"extend{k + 1}") for k, e in enumerate(extends)]
+    flac = add(prompt, "SaveAudio", audio=[joins[-1], 1], filename_prefix="extend_test/joined")
+    mux = one(prompt, "OviMux")
+    entry = run_ok(comfy_extend, prompt, timeout=600)
+
+    (item,) = entry["outputs"][mux]["images"]
+    clip = probe_mp4(comfy_extend.output_dir / item["subfolder"] / item["filename"])
+    frames = 3 * FRAMES - 2 * KEPT_FRAMES
+    assert (clip.video_streams, clip.audio_streams, clip.num_frames, clip.width, clip.height) == (1, 1, frames, 64, 64)
+    assert frames == FRAMES + 2 * ADVANCE == 313
+    assert abs(clip.audio_duration - frames / 24) < 1 / 24, (clip.audio_duration, clip.video_duration)
+    (saved,) = entry["outputs"][flac]["audio"]
+    samples, rate = _flac_samples(comfy_extend.output_dir / saved["subfolder"] / saved["filename"])
+    overlap = SAMPLES - ADVANCE * RATE // 24  # 16384
+    assert (samples, rate) == (3 * SAMPLES - 2 * overlap, RATE) == (208384, 16000)
+    print(f"extended clip: {clip.num_frames} frames ({clip.num_frames / 24:.4f} s), joined audio {samples} samples "
+          f"({samples / RATE:.4f} s); mp4 audio {clip.audio_duration:.4f} s")
+
+    for k in (1, 2):  # window k holds window k-1's audio after the seam, and its re-encoded start frames
+        prev_audio = read_latent(comfy_extend, entry, windows[k - 1][1])
+        video, audio = (read_latent(comfy_extend, entry, i) for i in windows[k])
+        start_video, start_audio = (read_latent(comfy_extend, entry, i) for i in starts[k - 1])
+        assert audio.shape == prev_audio.shape == (1, 20, 157)
+        assert torch.equal(audio[:, :, :HELD], prev_audio[:, :, SHIFT:]), k
+        assert torch.equal(start_audio[:, :, :HELD], prev_audio[:, :, SHIFT:]), k
+        assert torch.equal(video[:, :, :KEPT_LATENTS], start_video[:, :, :KEPT_LATENTS]), k
+        assert bool(audio[:, :, HELD:].abs().sum() > 0) and not start_audio[:, :, HELD:].any(), k  # the rest is new
+    assert "Ovi Extend: the next window repeats the last 25 frames (7 video latents) and holds 32 audio latents" \
+        in comfy_extend.log(400_000)
+
+
+def test_extend_overlap_as_long_as_the_window_is_refused(comfy_extend, info):
+    prompt = to_api(json.loads(DEMO_EXTEND.read_text()), info)
+    prompt[sorted(ids_of(prompt, "OviExtend"), key=int)[0]]["inputs"]["overlap"] = 9.5
+    status, answer = comfy_extend.queue(prompt)
+    assert status == 200, answer
+    entry = comfy_extend.wait(answer["prompt_id"], 600)
+    assert entry["status"]["status_str"] == "error"
+    text = json.dumps(entry["status"]["messages"])
+    assert "overlap 9.5 s is as long as the window itself" in text, text[:2000]
+
+
+# ---- LoRA ----------------------------------------------------------------------------------------------------------
+def _write_lora(path: Path, layers: dict[str, tuple[int, int]], seed: int) -> None:
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, (out_f, in_f) in layers.items():
+        tensors[f"{name}.lora_down.weight"] = torch.randn(4, in_f, generator=g)
+        tensors[f"{name}.lora_up.weight"] = torch.randn(out_f, 4, generator=g)
+        tensors[f"{name}.alpha"] = torch.tensor(4.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+
+
+def _native_with_lora(info: dict, lora: str | None, name: str) -> tuple[dict, tuple[str, str]]:
+    prompt = to_api(json.loads(DEMO_NATIVE.read_text()), info)
+    guider = prompt[one(prompt, "OviGuider")]["inputs"]
+    if lora is not None:
+        guider["model"] = [add(prompt, "LoraLoaderModelOnly", model=guider["model"], lora_name=lora,
+                               strength_model=1.0), 0]
+    prompt[one(prompt, "OviMux")]["inputs"]["filename_prefix"] = f"Ovi/lora_{name}"
+    return prompt, _save_parts(prompt, [one(prompt, "SamplerCustomAdvanced"), 0], f"lora_{name}")
+
+
+def test_lora_files_in_models_loras_patch_the_native_demo(comfy_extend, info):
+    from ovi_core.demo import build_demo_fusion
+
+    sd = build_demo_fusion().state_dict()
+    wan = {f"lora_unet_blocks_{i}_{layer.replace('.', '_')}": tuple(sd[f"video_model.blocks.{i}.{layer}.weight"].shape)
+           for i in range(3) for layer in ("self_attn.q", "cross_attn.o", "ffn.0")}
+    other = {f"lora_unet_double_blocks_{i}_img_attn_qkv": (12, 8) for i in range(2)}
+    loras = comfy_extend.root / "ComfyUI" / "models" / "loras"
+    _write_lora(loras / "wan22_ti2v_style.safetensors", wan, 1)
+    _write_lora(loras / "flux_style.safetensors", other, 2)
+
+    runs = {}
+    for name, lora in (("none", None), ("wan", "wan22_ti2v_style.safetensors"), ("other", "flux_style.safetensors")):
+        prompt, saved = _native_with_lora(info, lora, name)
+        entry = run_ok(comfy_extend, prompt, timeout=600)
+        runs[name] = [read_latent(comfy_extend, entry, i) for i in saved]
+    log = comfy_extend.log(400_000)
+    assert "Ovi LoRA: 9 layers patched (video tower 9, audio tower 0) from 27 keys" in log
+    assert "Ovi LoRA: none of the file's 6 keys matches a layer of the Ovi model (6 unmatched)" in log
+    assert all(not torch.equal(a, b) for a, b in zip(runs["wan"], runs["none"]))  # the LoRA acts in sampling
+    assert all(torch.equal(a, b) for a, b in zip(runs["other"], runs["none"]))  # another model's LoRA: no change
