@@ -10,6 +10,10 @@ Checked:
   * core LoraLoaderModelOnly with a Wan2.2-style LoRA file in models/loras patches the Ovi MODEL in the native demo
     workflow (the clip changes, the log names the patched layers); a LoRA for another model leaves the clip as it
     was and the log says so with the key count;
+  * the real-weight workflows/ovi_extend_long_720x720_5s.json (seven windows) is refused by the server only for its
+    model files (each named in its note) and, on the demo models, writes 121 + 6·96 = 697 frames;
+  * the real-weight workflows/ovi_lora_t2av_720x720_5s.json is refused only for its files (the LoRA's included)
+    and, on the demo models with a Wan2.2-style LoRA picked, runs and patches the model;
   * an overlap as long as the window gets Ovi's message.
 """
 
@@ -22,11 +26,23 @@ import pytest
 import torch
 
 from tests import comfy_server as cs
-from tests.test_comfy_native import add, ids_of, one, read_latent, run_ok, to_api
+from tests.test_comfy_native import (
+    FILE_INPUTS,
+    FRONTEND_ONLY,
+    add,
+    ids_of,
+    on_demo_models,
+    one,
+    read_latent,
+    run_ok,
+    to_api,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_EXTEND = ROOT / "workflows" / "ovi_extend_demo_tiny_model.json"
 DEMO_NATIVE = ROOT / "workflows" / "ovi_demo_native_tiny_model.json"
+REAL_EXTEND = ROOT / "workflows" / "ovi_extend_long_720x720_5s.json"
+REAL_LORA = ROOT / "workflows" / "ovi_lora_t2av_720x720_5s.json"
 FRAMES, SAMPLES, RATE = 121, 512 * 157, 16000
 KEPT_FRAMES, ADVANCE, SHIFT, HELD, KEPT_LATENTS = 25, 96, 125, 32, 7  # the 1 s seam of 5 s windows
 
@@ -166,3 +182,49 @@ def test_lora_files_in_models_loras_patch_the_native_demo(comfy_extend, info):
     assert "Ovi LoRA: none of the file's 6 keys matches a layer of the Ovi model (6 unmatched)" in log
     assert all(not torch.equal(a, b) for a, b in zip(runs["wan"], runs["none"]))  # the LoRA acts in sampling
     assert all(torch.equal(a, b) for a, b in zip(runs["other"], runs["none"]))  # another model's LoRA: no change
+
+
+# ---- the real-weight extend workflow -------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [REAL_EXTEND, REAL_LORA], ids=lambda p: p.stem)
+def test_real_workflow_is_refused_only_for_its_missing_files(comfy_extend, info, path):
+    workflow = json.loads(path.read_text())
+    note = " ".join(str(n.get("widgets_values")) for n in workflow["nodes"] if n["type"] in FRONTEND_ONLY)
+    status, answer = comfy_extend.queue(to_api(workflow, info))
+    assert status == 400, answer
+    for node_id, errors in answer["node_errors"].items():
+        for error in errors["errors"]:
+            name = error.get("extra_info", {}).get("input_name")
+            assert error["type"] == "value_not_in_list" and name in FILE_INPUTS | {"lora_name"}, (node_id, error)
+            assert error["extra_info"]["received_value"] in note
+
+
+def test_real_extend_workflow_on_the_demo_models_makes_seven_windows(comfy_extend, info):
+    from ovi_core.mux import probe_mp4
+
+    prompt = on_demo_models(to_api(json.loads(REAL_EXTEND.read_text()), info))
+    assert len(ids_of(prompt, "SamplerCustomAdvanced")) == 7 and len(ids_of(prompt, "OviTextEncode")) == 7
+    texts = {prompt[i]["inputs"]["prompt"] for i in ids_of(prompt, "OviTextEncode")}
+    assert len(texts) == 7  # a prompt per window
+    mux = one(prompt, "OviMux")
+    entry = run_ok(comfy_extend, prompt, timeout=900)
+    (item,) = entry["outputs"][mux]["images"]
+    clip = probe_mp4(comfy_extend.output_dir / item["subfolder"] / item["filename"])
+    assert (clip.num_frames, clip.width, clip.height) == (FRAMES + 6 * ADVANCE, 64, 64) == (697, 64, 64)
+    assert abs(clip.audio_duration - clip.num_frames / 24) < 1 / 24
+
+
+def test_real_lora_workflow_on_the_demo_models(comfy_extend, info):
+    from ovi_core.demo import build_demo_fusion
+    from ovi_core.mux import probe_mp4
+
+    sd = build_demo_fusion().state_dict()
+    layers = {f"diffusion_model.blocks.{i}.self_attn.{p}": tuple(sd[f"video_model.blocks.{i}.self_attn.{p}.weight"].shape)
+              for i in range(3) for p in "qkvo"}
+    _write_lora(comfy_extend.root / "ComfyUI" / "models" / "loras" / "ovi_test_wan_blocks.safetensors", layers, 3)
+    prompt = on_demo_models(to_api(json.loads(REAL_LORA.read_text()), info))
+    prompt[one(prompt, "LoraLoaderModelOnly")]["inputs"]["lora_name"] = "ovi_test_wan_blocks.safetensors"
+    mux = one(prompt, "OviMux")
+    entry = run_ok(comfy_extend, prompt, timeout=600)
+    (item,) = entry["outputs"][mux]["images"]
+    assert probe_mp4(comfy_extend.output_dir / item["subfolder"] / item["filename"]).num_frames == FRAMES
+    assert "Ovi LoRA: 12 layers patched (video tower 12, audio tower 0) from 36 keys" in comfy_extend.log(400_000)
