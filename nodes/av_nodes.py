@@ -28,15 +28,17 @@ from __future__ import annotations
 import logging
 import math
 
+import comfy.model_sampling
+import comfy.nested_tensor
+import comfy.utils
 import torch
 import torch.nn.functional as F
-
-import comfy.nested_tensor
 from comfy_api.latest import io
 
 from ovi_core.errors import OviInputError
 
-from . import native_nodes
+from . import bridge, native_nodes
+from . import native_model as native
 from .convert import audio_latent_to_comfy, video_latent_to_comfy
 from .handles import OviAudioVAEType, OviVideoVAEType
 
@@ -243,8 +245,6 @@ class OviAudioEncode(io.ComfyNode):
     def execute(cls, audio_vae, audio, length) -> io.NodeOutput:
         from ovi_core.audio_input import encode_audio_batch
 
-        from . import bridge
-
         _, steps = native_nodes.latent_lengths(length)
         wave, rate = check_audio(audio)
         if not hasattr(audio_vae, "acquire_encoder"):
@@ -295,8 +295,6 @@ class OviVideoToAudio(io.ComfyNode):
     @classmethod
     def execute(cls, video_vae, images, fps, width, height, length) -> io.NodeOutput:
         from ovi_core.sizes import check_clip_size
-
-        from . import bridge
 
         fps = check_fps(fps)
         width, height = check_clip_size(width, height, None, "any Ovi model")
@@ -362,6 +360,46 @@ class OviAVLatentFromParts(io.ComfyNode):
             start = video_latent_to_comfy(encode_start_image(start_image, video_vae, width, height),
                                           torch.device("cpu"))["samples"]
         return io.NodeOutput(av_latent_from_parts(width, height, length, video, keep_video, audio, keep_audio, start))
+
+
+# ---- Ovi Sampler's native path for held parts (nodes/sampling.py calls it with ComfyUI) ----------------------------
+def _with_shift(model, shift: float):
+    """The MODEL with Ovi's timestep shift (core ModelSamplingSD3's object patch) unless it has it already."""
+    current = float(model.get_model_object("model_sampling").shift)
+    if abs(current - shift) < 1e-9:
+        return model
+
+    class ModelSamplingAdvanced(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    patched = model.clone()
+    sampling = ModelSamplingAdvanced(model.model.model_config)
+    sampling.set_parameters(shift=shift, multiplier=1000)
+    patched.add_object_patch("model_sampling", sampling)
+    return patched
+
+
+def sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, latent):
+    """A joint LATENT whose noise_mask holds a whole modality or a leading run (V2A, A2V): the native path with Ovi's
+    exact solver (ovi_sampler), Ovi's noise for the seed and Ovi's guidance — what SamplerCustomAdvanced + Ovi Guider
+    + Ovi Sampler Select + Ovi Scheduler + Ovi Noise compute. Kept elements come back bit for bit.
+    -> (video LATENT, audio LATENT, joint LATENT), raw Wan2.2 video as everywhere in the pack."""
+    from .convert import states_to_conditioning
+
+    patched = _with_shift(model, float(shift)).clone()
+    patched.model_options.setdefault("transformer_options", {})[native.SLG_OPTION] = max(int(slg_layer), 0)
+    guider = native.OviGuider(patched, video_guidance, audio_guidance)
+    guider.set_conds(states_to_conditioning(text.positive), states_to_conditioning(text.video_negative),
+                     states_to_conditioning(text.audio_negative))
+    noise = native.OviNoise(seed).generate_noise(latent)
+    bar = comfy.utils.ProgressBar(steps)
+    samples = guider.sample(noise, latent["samples"], native.ovi_sampler(solver), native.ovi_sigmas(solver, steps, shift),
+                            denoise_mask=latent["noise_mask"], callback=lambda i, *_: bar.update_absolute(i + 1, steps),
+                            disable_pbar=True, seed=seed)
+    video, audio = samples.unbind()
+    out = bridge.intermediate_device()
+    video_latent, audio_latent = {"samples": video.to(out)}, {"samples": audio.to(out), "type": "audio"}
+    return video_latent, audio_latent, {"samples": bridge.nested((video_latent["samples"], audio_latent["samples"]))}
 
 
 AV_NODES = [OviAudioEncode, OviVideoToAudio, OviAVLatentFromParts]

@@ -75,9 +75,14 @@ def resolve_text(text, positive, negative):
     return OviText(pos, vneg, aneg, caption_style=None, source="CONDITIONING")
 
 
+NATIVE_MASK = "native"  # _joint_parts' verdict for a mask only the native path expresses
+
+
 def _joint_parts(latent):
-    """(raw video [1, 48, F, h, w], audio [1, 20, L], first-frame latent or None) of a joint LATENT. A noise_mask may
-    keep video latent frame 0 (image-to-video: that frame is the clean start); other masks need the native path."""
+    """(raw video [1, 48, F, h, w], audio [1, 20, L], first-frame latent, None or NATIVE_MASK) of a joint LATENT. A
+    noise_mask keeping video latent frame 0 is Ovi's image-to-video (that frame is the clean start); any other mask
+    (the whole audio or video kept, a leading run of frames/steps: Ovi AV Latent From Parts, Ovi Video To Audio) is
+    NATIVE_MASK: sampled by av_nodes.sample_masked (with ComfyUI) on the native path with Ovi's own solver."""
     from ovi_core.errors import OviInputError
 
     samples = latent.get("samples") if isinstance(latent, dict) else None
@@ -99,9 +104,12 @@ def _joint_parts(latent):
     if (amask is None or bool((amask == 1).all())) and bool((vmask[:, :, :1] == 0).all()) \
             and bool((vmask[:, :, 1:] == 1).all()):
         return video, audio, video_latent_from_comfy({"samples": video[:, :, :1]}, "latent")
-    raise OviInputError("latent's noise_mask is not one Ovi Sampler takes: it keeps video latent frame 0 "
-                        "(image-to-video) or nothing. For other masks (keep the audio, several frames) use "
-                        "SamplerCustomAdvanced with Ovi Guider")
+    if bridge.HAVE_COMFY:
+        return video, audio, NATIVE_MASK
+    raise OviInputError("latent's noise_mask is not one Ovi Sampler takes without ComfyUI: it keeps video latent "
+                        "frame 0 (image-to-video) or nothing. Held audio / video (Ovi AV Latent From Parts, Ovi Video "
+                        "To Audio) needs ComfyUI: SamplerCustomAdvanced with Ovi Guider, or this sampler inside "
+                        "ComfyUI")
 
 
 def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width, height,
@@ -116,6 +124,22 @@ def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_g
     first = None
     if latent is not None:
         video, audio, first = _joint_parts(latent)
+        if isinstance(first, str) and first == NATIVE_MASK:
+            if start_image is not None:
+                raise OviInputError("a start_image and a latent whose mask holds audio or video: give the start "
+                                    "picture to Ovi AV Latent From Parts (start_image) instead")
+            for name, value in (("shift", shift), ("video_guidance", video_guidance),
+                                ("audio_guidance", audio_guidance)):
+                if not math.isfinite(value):
+                    raise OviInputError(f"{name} must be a finite number, got {value!r}")
+            if slg_layer >= fusion.cfg.num_layers:
+                raise OviInputError(f"slg_layer {slg_layer} is past the model's {fusion.cfg.num_layers} fused blocks")
+            log.info("Ovi Sampler: the latent's noise mask holds audio or video: sampling on the native path "
+                     "(Ovi's %s solver, kept parts returned bit for bit)", solver)
+            from .av_nodes import sample_masked  # ComfyUI only
+
+            return sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer,
+                                 latent)
         width, height = video.shape[4] * 16, video.shape[3] * 16
         variant = dataclasses.replace(variant, video_latent_length=video.shape[2], audio_latent_length=audio.shape[2])
     if (msg := check_size(width, height, variant.target_area, f"the {variant.name} model")) is not None:
@@ -187,7 +211,9 @@ class OviSampler(io.ComfyNode):
                     "CONDITIONING used for both towers. Not connected: an all-zero context.")),
                 io.Latent.Input("latent", optional=True, tooltip=(
                     "The joint audio+video LATENT (Ovi Empty Latent, LTXVConcatAVLatent): sets the clip size and "
-                    "length instead of width / height; a noise_mask keeping video frame 0 starts from that frame.")),
+                    "length instead of width / height; a noise_mask keeping video frame 0 starts from that frame; "
+                    "one holding the audio or the video (Ovi AV Latent From Parts, Ovi Video To Audio) generates "
+                    "the other part around it.")),
             ],
             outputs=[
                 io.Latent.Output("video_latent", tooltip=(

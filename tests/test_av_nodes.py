@@ -16,14 +16,13 @@ import math
 import pytest
 import torch
 
-from tests.test_native_nodes import _SPEC  # noqa: F401  (skips the module where ComfyUI is not importable)
-from tests.test_native_nodes import _load_nodes_module, _one, _out, custom_sampler  # noqa: F401
-
 from ovi_core.audio_input import prepare_audio  # noqa: E402
-from ovi_core.demo import build_demo_audio_encoder, build_demo_fusion, build_demo_video_vae  # noqa: E402
+from ovi_core.demo import build_demo_audio_encoder, build_demo_fusion  # noqa: E402
 from ovi_core.errors import OviInputError  # noqa: E402
 from ovi_core.sampler import PromptEmbeddings  # noqa: E402
+from tests import test_native_nodes as native_tests  # skips this module where ComfyUI is not importable
 
+_load_nodes_module, _one, _out = native_tests._load_nodes_module, native_tests._one, native_tests._out
 av = _load_nodes_module("av_nodes")
 nn = _load_nodes_module("native_nodes")
 native = _load_nodes_module("native_model")
@@ -33,6 +32,23 @@ handles = _load_nodes_module("handles")
 
 SIDE, STEPS, SEED = 64, 4, 7
 DEMO = bridge.DEMO_ENTRY
+
+
+@pytest.fixture(scope="module")
+def custom_sampler():
+    """Core's SamplerCustomAdvanced (comfy_extras/nodes_custom_sampler.py), as test_native_nodes loads it."""
+    import sys
+
+    saved = sys.modules.get("nodes")
+    try:
+        sys.modules["nodes"] = native_tests._load_file("nodes", native_tests.COMFY_DIR / "nodes.py")
+        return native_tests._load_file("comfy_nodes_custom_sampler",
+                                       native_tests.COMFY_DIR / "comfy_extras" / "nodes_custom_sampler.py")
+    finally:
+        if saved is None:
+            sys.modules.pop("nodes", None)
+        else:
+            sys.modules["nodes"] = saved
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +274,57 @@ def test_parts_refuse_inconsistent_input(audio_vae):
     nothing = _one(av.OviAVLatentFromParts.execute(width=SIDE, height=SIDE, length=5, keep_video=False,
                                                    keep_audio=False))
     assert "noise_mask" not in nothing  # nothing kept: plain text -> clip
+
+
+# ---- Ovi Sampler takes the held parts too (the native path inside) -------------------------------------------------
+@pytest.mark.parametrize("held", ["video", "audio"])
+def test_ovi_sampler_honours_held_parts_as_the_native_graph(fusion, texts, custom_sampler, video_vae, audio_vae, held):
+    """Ovi Sampler with a V2A / A2V latent == SamplerCustomAdvanced + Ovi Guider + Ovi Sampler Select + Ovi Scheduler +
+    Ovi Noise (same seed, solver, cfg, skip layer): the held part bit for bit, the generated one to 1e-6."""
+    sampling = _load_nodes_module("sampling")
+    model = _one(loaders.OviModelLoader.execute(model_name=DEMO, variant="auto", weight_dtype="auto",
+                                                attention="sdpa"))
+    if held == "video":
+        latent, _ = _out(av.OviVideoToAudio.execute(video_vae=video_vae, images=_clip(), fps=25.0, width=SIDE,
+                                                    height=SIDE, length=5))
+    else:
+        audio_latent = _one(av.OviAudioEncode.execute(audio_vae=audio_vae, audio=_sound(), length=5))
+        latent = _one(av.OviAVLatentFromParts.execute(width=SIDE, height=SIDE, length=5, keep_video=False,
+                                                      keep_audio=True, audio=audio_latent))
+    positive = [[texts.positive[None], {}]]
+    negative = [[texts.video_negative[None], {native.AUDIO_CONTEXT_KEY: texts.audio_negative[None]}]]
+    video, audio, joint = _out(sampling.OviSampler.execute(
+        model=model, seed=SEED, steps=STEPS, solver="unipc", shift=5.0, video_guidance=4.0, audio_guidance=3.0,
+        slg_layer=1, width=SIDE, height=SIDE, positive=positive, negative=negative, latent=latent))
+    guider = _one(nn.OviGuider.execute(model=model, positive=positive, negative=negative, video_cfg=4.0,
+                                       audio_cfg=3.0, skip_layer=1))
+    ref, _ = _out(custom_sampler.SamplerCustomAdvanced.execute(
+        _one(nn.OviNoise.execute(seed=SEED, add_noise=True)), guider, _one(nn.OviSamplerSelect.execute(solver="unipc")),
+        _one(nn.OviScheduler.execute(solver="unipc", steps=STEPS, shift=5.0)), latent))
+    ref_v, ref_a = ref["samples"].unbind()
+    kept_v, kept_a = latent["samples"].unbind()
+    if held == "video":
+        assert torch.equal(video["samples"], kept_v) and (audio["samples"] - ref_a).abs().max() < 1e-6
+    else:
+        assert torch.equal(audio["samples"], kept_a) and (video["samples"] - ref_v).abs().max() < 1e-6
+    assert all(torch.equal(x, y) for x, y in zip(joint["samples"].unbind(), (video["samples"], audio["samples"])))
+
+
+def test_ovi_sampler_held_parts_with_another_shift(video_vae, texts):
+    """shift 3 (a ModelSamplingSD3-style patch on a clone; the input MODEL is left as it was): the video still held."""
+    sampling = _load_nodes_module("sampling")
+    model = _one(loaders.OviModelLoader.execute(model_name=DEMO, variant="auto", weight_dtype="auto",
+                                                attention="sdpa"))
+    latent, _ = _out(av.OviVideoToAudio.execute(video_vae=video_vae, images=_clip(), fps=25.0, width=SIDE,
+                                                height=SIDE, length=5))
+    cond = dict(positive=[[texts.positive[None], {}]], negative=[[texts.video_negative[None], {}]])
+    runs = [_out(sampling.OviSampler.execute(model=model, seed=SEED, steps=STEPS, solver="euler", shift=shift,
+                                             video_guidance=4.0, audio_guidance=3.0, slg_layer=1, width=SIDE,
+                                             height=SIDE, latent=latent, **cond)) for shift in (3.0, 5.0)]
+    assert all(torch.equal(v["samples"], latent["samples"].unbind()[0]) for v, _, _ in runs)
+    assert (runs[0][1]["samples"] - runs[1][1]["samples"]).abs().max() > 1e-3
+    assert float(model.get_model_object("model_sampling").shift) == 5.0
+    with pytest.raises(OviInputError, match="start_image"):
+        sampling.OviSampler.execute(model=model, seed=SEED, steps=STEPS, solver="euler", shift=5.0, video_guidance=4.0,
+                                    audio_guidance=3.0, slg_layer=1, width=SIDE, height=SIDE, latent=latent,
+                                    start_image=_clip(1), video_vae=video_vae, **cond)

@@ -132,7 +132,7 @@ def test_loaders_always_offer_the_demo_entry_and_list_files_of_their_folders(mod
 # Modules that exist only inside ComfyUI (they build on its model classes): they may import ComfyUI at the top, and
 # the pack imports them only inside functions, when ComfyUI is there. Everything else talks to ComfyUI through the
 # bridge.
-COMFY_ONLY_MODULES = {"native_model.py", "native_nodes.py"}
+COMFY_ONLY_MODULES = {"native_model.py", "native_nodes.py", "av_nodes.py"}
 
 
 def test_comfy_imports_live_only_in_the_bridge():
