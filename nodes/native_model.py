@@ -526,8 +526,13 @@ def lora_key_map(model_keys) -> dict[str, str]:
         if not key.startswith(MODEL_PREFIX):
             continue
         own = key[len(MODEL_PREFIX):]
-        if not own.endswith(".weight"):
+        if not own.endswith(".weight"):  # parameters such as modulation (".diff" / ".set_weight" patches)
             out[own] = key
+            if own.startswith(VIDEO_TOWER):  # Wan's blocks.N.modulation is Ovi's blocks.N.modulation.modulation
+                wan = own[len(VIDEO_TOWER):].replace("modulation.modulation", "modulation")
+                diff = wan.replace("head.modulation", "scale_shift_table").replace("modulation", "scale_shift_table")
+                for name in (f"diffusion_model.{wan}", wan, f"transformer.{wan}", f"transformer.{diff}"):
+                    out.setdefault(name, key)
             continue
         own = own[: -len(".weight")]
         out[own] = key  # Ovi layout, no prefix
@@ -562,7 +567,25 @@ def _unmatched(lora: dict, key_map: dict) -> list[str]:
     return out
 
 
+def unpatchable_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys ComfyUI's ModelPatcher never patches: parameters of a module that also has sub-modules with
+    parameters (ModelPatcher._load_list skips such modules — Ovi's and core Wan's ``head.modulation``)."""
+    out = set()
+    for name, module in model.named_modules():
+        own = [p for p, _ in module.named_parameters(recurse=False)]
+        if own and len(list(module.parameters())) > len(own):
+            out.update(f"{name}.{p}" if name else p for p in own)
+    return out
+
+
 def _summarise_lora(lora: dict, key_map: dict, patches: dict) -> None:
+    dropped = sorted(k for k in patches if isinstance(k, str) and k in getattr(key_map, "unpatchable", ()))
+    for k in dropped:
+        patches.pop(k)
+    if dropped:
+        logger.warning("Ovi LoRA: %d patches target parameters ComfyUI's model patcher does not patch (%s: held by a "
+                       "module with sub-layers, as core Wan's head.modulation) and are left out", len(dropped),
+                       ", ".join(k[len(MODEL_PREFIX):] for k in dropped))
     missed = _unmatched(lora, key_map)
     towers = {t: sum(1 for k in patches if str(k if isinstance(k, str) else k[0]).startswith(MODEL_PREFIX + t))
               for t in ("video_model.", "audio_model.")}
@@ -596,6 +619,7 @@ def install_lora_support() -> None:
         out = OviLoraKeys(key_map)
         for name, key in extra().items():
             out.setdefault(name, key)
+        out.unpatchable = unpatchable_keys(model)
         return out
 
     def load_lora_(lora, to_load, log_missing=True):
