@@ -156,6 +156,10 @@ def extend(latent, images, video_vae, overlap_seconds: float) -> dict:
     video, audio = _joint(latent)
     seam = plan_seam(video.shape[2], audio.shape[2], overlap_seconds)
     frames = _tail_frames(images, seam.kept_frames, video.shape[3] * 16, video.shape[4] * 16)
+    window = seam.kept_frames + seam.advance_frames
+    if images.shape[0] != window:
+        log.info("Ovi Extend: images holds %d frames, the latent's window %d; its last %d start the next window (they "
+                 "must be the end of the clip this latent decodes to)", images.shape[0], window, seam.kept_frames)
     start = video_vae.acquire().encode(frames)  # normalised [1, 48, m+1, h, w]
     start = video_latent_to_comfy(start, video.device)["samples"]
     log.info("Ovi Extend: the next window repeats the last %d frames (%d video latents) and holds %d audio latents "
