@@ -59,7 +59,8 @@ def check_fps(fps) -> float:
 
 
 def check_frames(images, what: str = "images") -> torch.Tensor:
-    """IMAGE [T, H, W, C] with T >= 2 -> float RGB [T, H, W, 3]; a clear message otherwise."""
+    """IMAGE [T, H, W, C] with T >= 2 -> RGB [T, H, W, 3] (a view: a long clip is not copied); a clear message
+    otherwise."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise OviInputError(f"{what} must be an IMAGE batch of frames [frames, height, width, 3]; got {shape}")
@@ -77,7 +78,7 @@ def check_frames(images, what: str = "images") -> torch.Tensor:
         images = images.expand(-1, -1, -1, 3)
     elif channels != 3:
         raise OviInputError(f"{what} has {channels} channels; expected RGB (3) or RGBA (4) frames")
-    return images.float()
+    return images
 
 
 def frame_grid(source_frames: int, fps: float, frames: int, out_fps: int = OVI_FPS) -> tuple[list[int], int, int]:
@@ -300,7 +301,7 @@ class OviVideoToAudio(io.ComfyNode):
         width, height = check_clip_size(width, height, None, "any Ovi model")
         latents, _ = native_nodes.latent_lengths(length)
         frames = check_frames(images)
-        grid = fit_frames(frames, fps, 4 * (latents - 1) + 1)
+        grid = fit_frames(frames, fps, 4 * (latents - 1) + 1).float()  # only the window's frames are copied
         clip = resize_frames(grid, width, height)  # [1, 3, T, H, W]
         if not hasattr(video_vae, "acquire"):
             raise OviInputError("video_vae must come from Ovi Video VAE Loader")
