@@ -29,6 +29,7 @@ from tests import comfy_server as cs
 from tests.test_comfy_native import (
     FILE_INPUTS,
     FRONTEND_ONLY,
+    _widget_names,
     add,
     ids_of,
     on_demo_models,
@@ -70,6 +71,22 @@ def test_extend_nodes_are_registered_with_tooltips(info):
         assert entry["category"] == "Ovi/extend" and entry["description"]
         for name, spec in entry["input"]["required"].items():
             assert spec[1].get("tooltip"), f"{node_id}.{name}"
+
+
+@pytest.mark.parametrize("path", [DEMO_EXTEND, REAL_EXTEND, REAL_LORA], ids=lambda p: p.stem)
+def test_workflow_widgets_and_links_match_the_server_definitions(info, path):
+    """What the frontend would load: every node's widgets_values has exactly the server's widget slots, every link
+    joins an output and an input of the same type."""
+    workflow = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        assert len(node["widgets_values"]) == len(_widget_names(info[node["type"]])), (path.name, node["id"])
+        assert [o["type"] for o in node["outputs"]] == info[node["type"]]["output"], (path.name, node["id"])
+    for link_id, src, slot, dst, dst_slot, kind in workflow["links"]:
+        assert nodes[src]["outputs"][slot]["type"] == kind and link_id in nodes[src]["outputs"][slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["type"] == kind and nodes[dst]["inputs"][dst_slot]["link"] == link_id
 
 
 def _save_parts(prompt: dict, joint: list, name: str) -> tuple[str, str]:
