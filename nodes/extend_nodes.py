@@ -31,6 +31,7 @@ from .bridge import io
 from .handles import OviVideoVAEType
 
 log = logging.getLogger(__name__)
+CoreVAEType = io.Custom("VAE")
 
 CATEGORY = "Ovi/extend"
 FPS = 24  # Ovi's frame rate
@@ -150,9 +151,28 @@ def next_window_latent(video: torch.Tensor, audio: torch.Tensor, start_latent: t
     return {"samples": bridge.nested((new_video, new_audio)), "noise_mask": bridge.nested((video_mask, audio_mask))}
 
 
-def extend(latent, images, video_vae, overlap_seconds: float) -> dict:
+def _encode_start(frames: torch.Tensor, video_vae, vae, device) -> torch.Tensor:
+    """[1, 3, 4m+1, H, W] in [-1, 1] -> the raw Wan2.2 latent [1, 48, m+1, h, w]: with Ovi's video VAE
+    (OVI_VIDEO_VAE, normalised output) or core's VAE (VAELoader with wan2.2_vae; raw output)."""
+    from ovi_core.errors import OviInputError
+    from ovi_core.sizes import VIDEO_LATENT_CHANNELS
+
     from .convert import video_latent_to_comfy
 
+    if video_vae is not None:
+        return video_latent_to_comfy(video_vae.acquire().encode(frames), device)["samples"]
+    if vae is None:
+        raise OviInputError("Ovi Extend needs a video VAE to encode the next window's start frames: connect Ovi Video "
+                            "VAE Loader to video_vae, or core VAELoader (wan2.2_vae) to vae")
+    pixels = ((frames[0].permute(1, 2, 3, 0) + 1.0) * 0.5).clamp(0.0, 1.0)  # IMAGE [4m+1, H, W, 3]
+    out = vae.encode(pixels)
+    if out.dim() != 5 or out.shape[1] != VIDEO_LATENT_CHANNELS or out.shape[2] != (frames.shape[2] + 3) // 4:
+        raise OviInputError(f"vae encoded {frames.shape[2]} frames to {list(out.shape)}, not a Wan2.2 latent "
+                            f"[1, 48, {(frames.shape[2] + 3) // 4}, h, w]: load wan2.2_vae.safetensors in VAELoader")
+    return out.to(device)
+
+
+def extend(latent, images, video_vae, overlap_seconds: float, vae=None) -> dict:
     video, audio = _joint(latent)
     seam = plan_seam(video.shape[2], audio.shape[2], overlap_seconds)
     frames = _tail_frames(images, seam.kept_frames, video.shape[3] * 16, video.shape[4] * 16)
@@ -160,8 +180,7 @@ def extend(latent, images, video_vae, overlap_seconds: float) -> dict:
     if images.shape[0] != window:
         log.info("Ovi Extend: images holds %d frames, the latent's window %d; its last %d start the next window (they "
                  "must be the end of the clip this latent decodes to)", images.shape[0], window, seam.kept_frames)
-    start = video_vae.acquire().encode(frames)  # normalised [1, 48, m+1, h, w]
-    start = video_latent_to_comfy(start, video.device)["samples"]
+    start = _encode_start(frames, video_vae, vae, video.device)
     log.info("Ovi Extend: the next window repeats the last %d frames (%d video latents) and holds %d audio latents "
              "(%.3f s)%s", seam.kept_frames, seam.kept_latents, seam.held_audio,
              seam.held_audio / _audio_latents_per_second(),
@@ -252,8 +271,12 @@ class OviExtend(io.ComfyNode):
                 io.Image.Input("images", tooltip=(
                     "The previous window's decoded frames (Ovi Video Decode of that latent): the last ones are "
                     "encoded again as the next window's start.")),
-                OviVideoVAEType.Input("video_vae", tooltip="Ovi Video VAE Loader's VAE, to encode the start frames."),
                 _overlap_input(),
+                OviVideoVAEType.Input("video_vae", optional=True, tooltip=(
+                    "Ovi Video VAE Loader's VAE, to encode the start frames (or connect core's VAE to vae).")),
+                CoreVAEType.Input("vae", optional=True, tooltip=(
+                    "Instead of video_vae: core VAELoader with wan2.2_vae.safetensors (as in the native workflows "
+                    "that decode with core VAEDecode).")),
             ],
             outputs=[io.Latent.Output(tooltip=(
                 "The next window's joint LATENT (same size and length) with the start frames and the held sound "
@@ -261,8 +284,8 @@ class OviExtend(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, latent, images, video_vae, overlap) -> io.NodeOutput:
-        return io.NodeOutput(extend(latent, images, video_vae, overlap))
+    def execute(cls, latent, images, overlap, video_vae=None, vae=None) -> io.NodeOutput:
+        return io.NodeOutput(extend(latent, images, video_vae, overlap, vae))
 
 
 class OviJoinClips(io.ComfyNode):

@@ -157,3 +157,28 @@ def test_join_bad_inputs():
         ext.join_clips(images, audio, nxt_images[:, :4], nxt_audio, 1.0)
     with pytest.raises(OviInputError, match="shorter than its window's new video"):
         ext.join_clips(images, audio, nxt_images, {**nxt_audio, "waveform": nxt_audio["waveform"][:, :, :1000]}, 1.0)
+
+
+def test_extend_with_core_vae_or_none(vae):
+    """core VAELoader's VAE takes IMAGE pixels and returns the raw latent; without any VAE: a message."""
+    from nodes.convert import video_latent_to_comfy
+
+    latent, images = _previous_window()
+
+    class CoreVAE:  # what core's VAE.encode does for Wan2.2: IMAGE [T, H, W, 3] -> raw [1, 48, 1 + (T-1)/4, h, w]
+        def encode(self, pixels):
+            frames = (pixels * 2 - 1).permute(3, 0, 1, 2).unsqueeze(0)
+            return video_latent_to_comfy(vae.acquire().encode(frames), "cpu")["samples"]
+
+    (ours,) = ext.OviExtend.execute(latent=latent, images=images, overlap=1.0, video_vae=vae).args
+    (core,) = ext.OviExtend.execute(latent=latent, images=images, overlap=1.0, vae=CoreVAE()).args
+    assert torch.allclose(core["samples"].unbind()[0], ours["samples"].unbind()[0], atol=1e-5)
+
+    class WrongVAE:
+        def encode(self, pixels):
+            return torch.zeros(1, 16, 7, 4, 4)
+
+    with pytest.raises(OviInputError, match="not a Wan2.2 latent"):
+        ext.OviExtend.execute(latent=latent, images=images, overlap=1.0, vae=WrongVAE())
+    with pytest.raises(OviInputError, match="needs a video VAE"):
+        ext.OviExtend.execute(latent=latent, images=images, overlap=1.0)
