@@ -3,8 +3,10 @@ previous window, Ovi Join Clips joins the decoded windows.
 
 The seam. Consecutive windows share ``overlap`` seconds of time (a multiple of 0.5 s; 0 = only the last frame):
   * video: the next window's first 4m+1 frames are the previous window's last 4m+1 decoded frames, encoded again
-    with the Wan2.2 VAE (frame 0 alone, as Ovi's image-to-video start, then 4 frames per latent) and held by the
-    noise mask: m+1 clean latent frames, m = overlap·24/4;
+    with the Wan2.2 VAE (Ovi's video VAE or core's; frame 0 alone, as Ovi's image-to-video start, then 4 frames per
+    latent) and held by the noise mask: m+1 clean latent frames, m = overlap·24/4. Audio and video share the
+    overlap because Ovi ties audio step i to video time 0.19676·i inside a window: holding 1 s of sound while the
+    video restarts at the last frame only would put that sound 1 s late against the picture;
   * audio: the previous window's audio latents from the seam on are held at the start of the next window (its clean
     leading run of audio steps), so speech and ambience carry across; the seam lies ``advance`` = F−1−4m frames
     after the previous window's start, i.e. advance·31.25/24 audio latents — a whole number for 1 s on 5 s windows
