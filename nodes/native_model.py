@@ -22,9 +22,8 @@ What ComfyUI's stock sampling path needs, and where it is here:
   * skip-layer guidance inside core CFG: the rows core marks as unconditional (``cond_or_uncond``) skip fused block
     ``slg_layer`` in the forward, as Ovi's negative pass does.
 
-Until ovi_core/fusion.py takes separate audio timesteps and a clean-token prefix (see docs/native_model_design.md),
-``_fusion_forward`` repeats ``OviFusion.forward``'s five steps for the masked cases only; unmasked sampling and the
-image-to-video mask call ``OviFusion.forward`` itself.
+The forward is ``OviFusion.forward`` with per-modality timesteps (``audio_t``) and clean prefixes
+(``clean_video_frames`` / ``clean_audio_steps``), computing on the device of the latent core hands the model.
 """
 
 from __future__ import annotations
@@ -44,9 +43,8 @@ import comfy.patcher_extension
 import comfy.samplers
 import comfy.supported_models_base
 import comfy.utils
-from ovi_core import interrupt
 from ovi_core.errors import OviInputError
-from ovi_core.fusion import OviFusion, TextContext, _Modulation
+from ovi_core.fusion import OviFusion, TextContext
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 logger = logging.getLogger(__name__)
@@ -56,6 +54,7 @@ DEFAULT_SLG_LAYER = 11
 AUDIO_CONTEXT_KEY = "ovi_audio_context"  # optional CONDITIONING dict entry: the audio tower's own text states
 SLG_OPTION = "ovi_slg_layer"  # transformer_options entry overriding the model's skip layer (0 or -1 = off)
 TIMESTEP_OPTION = "ovi_timestep"  # transformer_options entry: the exact model timestep of this step (Ovi's solvers)
+FUSION_CUT_OPTION = "ovi_fusion_cut"  # transformer_options entry: the forward's fusion_cut (OviGuider's sync pass)
 WRAPPER_KEY = "ovi_native"
 
 
@@ -130,48 +129,6 @@ def _mask_timesteps(mask: torch.Tensor | None, t: torch.Tensor, name: str) -> tu
     return torch.stack([tc, torch.zeros_like(tc)], dim=1), k
 
 
-# ---- the forward with per-modality timesteps -----------------------------------------------------------------------
-@torch.no_grad()
-def _fusion_forward(fusion: OviFusion, video, audio, tv, clean_frames, ta, clean_steps, text: TextContext,
-                    slg_layer: int, skip_mask):
-    """OviFusion.forward with separate video/audio timesteps [B, U] and clean prefixes (frames / audio steps).
-
-    Steps 1-5 are OviFusion.forward's; only step 2 differs. Goes away when fusion.forward takes ``audio_t`` and
-    ``clean_video_frames`` / ``clean_audio_steps`` (docs/native_model_design.md)."""
-    video, audio = fusion._check_latents(video, audio)
-    b, dev = video.shape[0], fusion.device
-    backend = fusion.attention_backend
-
-    # 1. patch embeddings
-    xv, grid_v = fusion.video_model.embed(video.to(dev))  # [B, Lv, dim], (F, H/2, W/2)
-    xa, grid_a = fusion.audio_model.embed(audio.to(dev))  # [B, La, dim], (La,)
-
-    # 2. time embeddings per modality; a clean prefix takes u = 1 (t = 0)
-    mod_v = _Modulation(*fusion.video_model.embed_time(tv.to(dev)), clean_frames * grid_v[1] * grid_v[2])
-    mod_a = _Modulation(*fusion.audio_model.embed_time(ta.to(dev)), clean_steps)
-
-    # 3. RoPE
-    rope_v, rope_a = fusion._ropes(grid_v, grid_a, dev)
-
-    # 4. fused blocks, SLG on the rows of skip_mask
-    for i in range(fusion.cfg.num_layers):
-        interrupt.check("the transformer forward")
-        if slg_layer > 0 and i == slg_layer:
-            run = None if skip_mask is None else (~skip_mask.detach().cpu().bool()).nonzero().flatten()
-            if run is None or run.numel() == 0:
-                continue
-            if run.numel() < b:
-                run = run.to(dev)
-                xv, xa = xv.clone(), xa.clone()
-                xv[run], xa[run] = fusion._run_block(i, xv[run], xa[run], mod_v.rows(run), mod_a.rows(run),
-                                                     rope_v, rope_a, text.rows(run), backend)
-                continue
-        xv, xa = fusion._run_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend)
-
-    # 5. heads
-    return fusion._head(fusion.video_model, xv, mod_v, grid_v), fusion._head(fusion.audio_model, xa, mod_a, grid_a)
-
-
 class _TextCache:
     """The text keys/values of the last few distinct (video text, audio text) batches: core hands the model the
     same contexts at every step, Ovi's sampler computes their keys/values once per generation."""
@@ -180,11 +137,12 @@ class _TextCache:
         self.size, self.entries = size, []
 
     def get(self, fusion: OviFusion, ctx_v: torch.Tensor, ctx_a: torch.Tensor) -> TextContext:
+        """On the contexts' device."""
         for cv, ca, text in self.entries:
             same_shape = cv.shape == ctx_v.shape and ca.shape == ctx_a.shape
             if same_shape and torch.equal(cv, ctx_v) and torch.equal(ca, ctx_a):
                 return text
-        text = fusion.prepare_text(ctx_v, ctx_a, batch=ctx_v.shape[0])
+        text = fusion.prepare_text(ctx_v, ctx_a, batch=ctx_v.shape[0], device=ctx_v.device)
         self.entries = [(ctx_v, ctx_a, text)] + self.entries[: self.size - 1]
         return text
 
@@ -289,7 +247,7 @@ class OviAV(comfy.model_base.BaseModel):
         latent_shapes = kwargs.get("latent_shapes", None)
         if latent_shapes is None or len(latent_shapes) != 2 or c_crossattn is None:
             raise OviInputError("Ovi needs the joint audio+video LATENT and a text CONDITIONING")
-        dev = fusion.device
+        dev = x.device  # the compute device (under lowvram some parameters stay in RAM: not fusion.device)
 
         # 1. unpack: video [B, 48, F, h, w], audio [B, 20, L] -> Ovi's channel-last [B, L, 20]
         video, audio = comfy.utils.unpack_latents(xc, latent_shapes)
@@ -314,15 +272,10 @@ class OviAV(comfy.model_base.BaseModel):
             if skip_mask is not None and not bool(skip_mask.any()):
                 slg_layer, skip_mask = 0, None
 
-        # 4. the forward: OviFusion.forward whenever it expresses the timesteps (no mask, or image-to-video)
-        same_t = tv.shape[1] == 1 and ta.shape[1] == 1 and torch.equal(tv, ta)
-        i2v = (clean_frames == 1 and clean_steps == 0 and ta.shape[1] == 1 and torch.equal(tv[:, :1], ta[:, :1]))
-        if same_t or i2v:
-            out_v, out_a = fusion(video, audio, tv[:, 0], text=text, first_frame_is_clean=i2v, slg_layer=slg_layer,
-                                  skip_mask=skip_mask)
-        else:
-            out_v, out_a = _fusion_forward(fusion, video, audio, tv, clean_frames, ta, clean_steps, text, slg_layer,
-                                           skip_mask)
+        # 4. the forward (column 0 of tv / ta: the noisy part's timestep; a clean prefix runs at t = 0)
+        out_v, out_a = fusion(video, audio, tv[:, 0], text=text, slg_layer=slg_layer, skip_mask=skip_mask,
+                              audio_t=ta[:, 0], clean_video_frames=clean_frames, clean_audio_steps=clean_steps,
+                              fusion_cut=transformer_options.get(FUSION_CUT_OPTION, "none"), device=dev)
 
         # 5. pack the velocities, denoised = x - σ·v
         model_output, _ = comfy.utils.pack_latents([out_v, out_a.transpose(1, 2)])

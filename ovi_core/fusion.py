@@ -66,11 +66,13 @@ class _Modulation:
 
     def block(self, block: TowerBlock) -> _Vectors:
         """shift1, scale1, gate1, shift2, scale2, gate2 of one block (its parameter + the time projection)."""
-        return _Vectors(block.modulation.modulation.float().unsqueeze(0) + self.e0, self.clean_tokens, self.uniform)
+        table = block.modulation.modulation.to(self.e0.device, torch.float32)  # may live elsewhere (lowvram)
+        return _Vectors(table.unsqueeze(0) + self.e0, self.clean_tokens, self.uniform)
 
     def head(self, head_modulation: torch.Tensor) -> _Vectors:
         """shift, scale of the head (its parameter + the time embedding e, not e0)."""
-        return _Vectors(head_modulation.float().unsqueeze(0) + self.e.unsqueeze(2), self.clean_tokens, self.uniform)
+        table = head_modulation.to(self.e.device, torch.float32)
+        return _Vectors(table.unsqueeze(0) + self.e.unsqueeze(2), self.clean_tokens, self.uniform)
 
 
 class _Vectors:
@@ -111,6 +113,12 @@ def _rows(run: torch.Tensor) -> torch.Tensor | slice:
     if run.numel() and bool((run == torch.arange(int(run[0]), int(run[0]) + run.numel())).all()):
         return slice(int(run[0]), int(run[0]) + run.numel())
     return run
+
+
+# fusion_cut values: which fusion attention terms a forward leaves out (the guidance pass of sync guidance).
+# "audio_to_video": the video tower does not attend to the audio stream; "video_to_audio": the audio tower does not
+# attend to the video stream; "both": neither (the towers run independently).
+FUSION_CUTS = ("none", "both", "audio_to_video", "video_to_audio")
 
 
 class OviFusion(nn.Module):
@@ -173,15 +181,15 @@ class OviFusion(nn.Module):
         return self._rope_cache[key]
 
     # ---- text -------------------------------------------------------------------------------------------
-    def _pad_context(self, context, batch: int) -> torch.Tensor:
-        """List of [L_i, 4096] or a tensor [B, L, 4096] -> zero-padded [B, 512, 4096] on the model device."""
+    def _pad_context(self, context, batch: int, device: torch.device) -> torch.Tensor:
+        """List of [L_i, 4096] or a tensor [B, L, 4096] -> zero-padded [B, 512, 4096] on `device`."""
         text_len, text_dim = self.cfg.video.text_len, self.cfg.video.text_dim
         rows = list(context) if isinstance(context, (list, tuple)) else list(context.unbind(0)) if context.dim() == 3 else [context]
         if len(rows) == 1 and batch > 1:
             rows = rows * batch
         if len(rows) != batch:
             raise OviInputError(f"got {len(rows)} text contexts for a batch of {batch}")
-        out = torch.zeros(batch, text_len, text_dim, device=self.device, dtype=torch.float32)
+        out = torch.zeros(batch, text_len, text_dim, device=device, dtype=torch.float32)
         for i, r in enumerate(rows):
             if r.dim() != 2 or r.shape[1] != text_dim:
                 raise OviInputError(f"a text context must be [tokens, {text_dim}] (umT5-XXL states), got {list(r.shape)}")
@@ -191,13 +199,15 @@ class OviFusion(nn.Module):
         return out
 
     @torch.no_grad()
-    def prepare_text(self, video_context, audio_context, batch: int | None = None) -> TextContext:
-        """Embed both towers' text and project every block's text keys/values once."""
+    def prepare_text(self, video_context, audio_context, batch: int | None = None, device=None) -> TextContext:
+        """Embed both towers' text and project every block's text keys/values once, on `device` (default: the
+        model's)."""
+        device = self.device if device is None else torch.device(device)
         if batch is None:
             batch = len(video_context) if isinstance(video_context, (list, tuple)) else (video_context.shape[0] if video_context.dim() == 3 else 1)
         kv = []
         for tower, ctx in ((self.video_model, video_context), (self.audio_model, audio_context)):
-            emb = tower.embed_text(self._pad_context(ctx, batch))  # [B, 512, dim]
+            emb = tower.embed_text(self._pad_context(ctx, batch, device))  # [B, 512, dim]
             kv.append([])
             for blk in tower.blocks:
                 interrupt.check("the text keys/values")
@@ -218,14 +228,26 @@ class OviFusion(nn.Module):
         first_frame_is_clean: bool = False,
         slg_layer: int = 0,
         skip_mask: torch.Tensor | None = None,  # [B] bool: rows for which block slg_layer is skipped
+        audio_t: torch.Tensor | float | None = None,  # [B] or one value: the audio tower's timestep; None = t
+        clean_video_frames: int | None = None,  # leading latent frames run clean (t = 0); None: first_frame_is_clean
+        clean_audio_steps: int = 0,  # leading audio latent steps run clean (t = 0)
+        fusion_cut: str = "none",  # "none" | "both" | "audio_to_video" | "video_to_audio": see FUSION_CUTS
+        device=None,  # compute device; default: the video latent's
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted flow velocities (noise - data): video [B, 48, F, H, W], audio [B, L, 20], float32."""
+        """Predicted flow velocities (noise - data): video [B, 48, F, H, W], audio [B, L, 20], float32.
+
+        Computes on ``device`` (default ``video.device``), not where the parameters are: a host may keep some of
+        them elsewhere (ComfyUI's lowvram partial loading) and move them per use; the modulation tables are moved
+        here."""
         video, audio = self._check_latents(video, audio)
-        b, dev = video.shape[0], self.device
+        if fusion_cut not in FUSION_CUTS:
+            raise OviInputError(f"fusion_cut must be one of {', '.join(FUSION_CUTS)}, got {fusion_cut!r}")
+        b = video.shape[0]
+        dev = video.device if device is None else torch.device(device)
         if text is None:
             if video_context is None or audio_context is None:
                 raise OviInputError("pass video_context and audio_context, or a prepared text=TextContext")
-            text = self.prepare_text(video_context, audio_context, batch=b)
+            text = self.prepare_text(video_context, audio_context, batch=b, device=dev)
         if text.batch != b:
             raise OviInputError(f"the text context has batch {text.batch}, the latents {b}")
         backend = self.attention_backend
@@ -234,20 +256,22 @@ class OviFusion(nn.Module):
         xv, grid_v = self.video_model.embed(video.to(dev))  # [B, Lv, dim], (F, H/2, W/2)
         xa, grid_a = self.audio_model.embed(audio.to(dev))  # [B, La, dim], (La,)
 
-        # 2. time embeddings; I2V: the first latent frame's tokens get t = 0
-        t = torch.as_tensor(t, device=dev).reshape(-1)
-        t = t.expand(b) if t.numel() == 1 else t
-        if t.shape[0] != b:
-            raise OviInputError(f"t has {t.shape[0]} values for a batch of {b}")
-        if first_frame_is_clean:
-            tv, clean = torch.stack([t, torch.zeros_like(t)], dim=1), grid_v[1] * grid_v[2]  # [B, 2], frame-0 tokens
-        else:
-            tv, clean = t[:, None], 0
-        mod_v = _Modulation(*self.video_model.embed_time(tv), clean)
-        mod_a = _Modulation(*self.audio_model.embed_time(t[:, None]))
+        # 2. time embeddings per modality; a clean prefix (I2V: the first latent frame) takes t = 0 (u = 1)
+        t = self._timesteps(t, b, dev, "t")  # [B]
+        ta = t if audio_t is None else self._timesteps(audio_t, b, dev, "audio_t")
+        frames = int(first_frame_is_clean) if clean_video_frames is None else int(clean_video_frames)
+        steps = int(clean_audio_steps)
+        if not 0 <= frames <= grid_v[0] or not 0 <= steps <= grid_a[0]:
+            raise OviInputError(f"clean prefixes must lie inside the latents: {frames} of {grid_v[0]} video frames, "
+                                f"{steps} of {grid_a[0]} audio steps")
+        with_zero = lambda x: torch.stack([x, torch.zeros_like(x)], dim=1)  # noqa: E731  [B, 2]: t, 0
+        mod_v = _Modulation(*self.video_model.embed_time(with_zero(t) if frames else t[:, None]),
+                            frames * grid_v[1] * grid_v[2])
+        mod_a = _Modulation(*self.audio_model.embed_time(with_zero(ta) if steps else ta[:, None]), steps)
 
         # 3. RoPE tables (cached per token grid)
         rope_v, rope_a = self._ropes(grid_v, grid_a, dev)
+        cut = (fusion_cut in ("both", "video_to_audio"), fusion_cut in ("both", "audio_to_video"))  # (audio, video)
 
         # 4. fused blocks (SLG: block slg_layer skipped, for all rows or only the rows in skip_mask); a stop request
         #    is honoured between blocks (a swapped block is back on its offload device by then)
@@ -263,14 +287,23 @@ class OviFusion(nn.Module):
                     rows = rows if isinstance(rows, slice) else rows.to(dev)
                     sub_v, sub_a = xv[rows], xa[rows]
                     out_v, out_a = self._run_block(i, sub_v, sub_a, mod_v.rows(rows), mod_a.rows(rows),
-                                                   rope_v, rope_a, text.rows(rows), backend)
+                                                   rope_v, rope_a, text.rows(rows), backend, cut)
                     if out_v is not sub_v or not isinstance(rows, slice):  # a slice's views were updated in place
                         xv[rows], xa[rows] = out_v, out_a
                     continue
-            xv, xa = self._run_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend)
+            xv, xa = self._run_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend, cut)
 
         # 5. heads
         return self._head(self.video_model, xv, mod_v, grid_v), self._head(self.audio_model, xa, mod_a, grid_a)
+
+    @staticmethod
+    def _timesteps(t, b: int, dev: torch.device, name: str) -> torch.Tensor:
+        """One value or [B] -> [B] on dev."""
+        t = torch.as_tensor(t, device=dev).reshape(-1)
+        t = t.expand(b) if t.numel() == 1 else t
+        if t.shape[0] != b:
+            raise OviInputError(f"{name} has {t.shape[0]} values for a batch of {b}")
+        return t
 
     def _run_block(self, i, *args):
         """Fused block i, visiting the compute device first when it is a swapped block."""
@@ -285,8 +318,10 @@ class OviFusion(nn.Module):
                 self.video_model.blocks[i].to(self._swap[2])
                 self.audio_model.blocks[i].to(self._swap[2])
 
-    def _fused_block(self, i, xv, xa, mod_v, mod_a, rope_v, rope_a, text: TextContext, backend):
-        """Fused block i; updates the float32 streams xv [B, Lv, dim] and xa [B, La, dim] in place and returns them."""
+    def _fused_block(self, i, xv, xa, mod_v, mod_a, rope_v, rope_a, text: TextContext, backend, cut=(False, False)):
+        """Fused block i; updates the float32 streams xv [B, Lv, dim] and xa [B, La, dim] in place and returns them.
+
+        cut = (audio, video): that tower's attention to the other stream (its fusion term) is left out."""
         vb: TowerBlock = self.video_model.blocks[i]
         ab: TowerBlock = self.audio_model.blocks[i]
         ea, ev = mod_a.block(ab), mod_v.block(vb)  # vectors 0..5: shift1, scale1, gate1, shift2, scale2, gate2
@@ -296,8 +331,8 @@ class OviFusion(nn.Module):
         ev.gated_(xv, vb.self_attn(ev.affine(vb.norm1, xv, 0, 1), rope_v, backend), 2)
 
         # each tower attends to the other's stream after self-attention: their fusion keys/values, taken now
-        video_for_audio = ab.cross_attn.other_kv(xv, rope_v)  # 2 x [B, Lv, H, D]
-        audio_for_video = vb.cross_attn.other_kv(xa, rope_a)  # 2 x [B, La, H, D]
+        video_for_audio = None if cut[0] else ab.cross_attn.other_kv(xv, rope_v)  # 2 x [B, Lv, H, D]
+        audio_for_video = None if cut[1] else vb.cross_attn.other_kv(xa, rope_a)  # 2 x [B, La, H, D]
 
         # 3. audio cross step (text + video), then FFN
         xa.add_(ab.cross_attn(ab.norm3(xa), text.audio_kv[i], video_for_audio, rope_a, backend))

@@ -24,10 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    if t is None or t.dtype == dtype:
+def _cast(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor | None:
+    """t in dtype (and on device, when given: a host may keep weights off the compute device, ComfyUI's lowvram)."""
+    if t is None or (t.dtype == dtype and (device is None or t.device == device)):
         return t
-    return t.to(dtype)
+    return t.to(device=device, dtype=dtype)
 
 
 class ComputeDtype:
@@ -39,7 +40,7 @@ class ComputeDtype:
 class Linear(nn.Linear, ComputeDtype):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
-        return F.linear(_cast(x, cd), _cast(self.weight, cd), _cast(self.bias, cd))
+        return F.linear(_cast(x, cd), _cast(self.weight, cd, x.device), _cast(self.bias, cd, x.device))
 
 
 class Conv3d(nn.Conv3d, ComputeDtype):
@@ -97,7 +98,8 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(
-            x.float(), self.normalized_shape, _cast(self.weight, torch.float32), _cast(self.bias, torch.float32), self.eps
+            x.float(), self.normalized_shape, _cast(self.weight, torch.float32, x.device),
+            _cast(self.bias, torch.float32, x.device), self.eps
         )
 
 
@@ -110,7 +112,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), self.weight.shape, _cast(self.weight, torch.float32), self.eps)
+        return F.rms_norm(x.float(), self.weight.shape, _cast(self.weight, torch.float32, x.device), self.eps)
 
 
 class GELU(nn.Module):

@@ -73,14 +73,15 @@ class FusionCrossAttention(SelfAttention):
         self,
         x: torch.Tensor,  # [B, L, dim], already norm3-ed
         text_kv: tuple[torch.Tensor, torch.Tensor],
-        other_kv: tuple[torch.Tensor, torch.Tensor],  # from other_kv(): the other tower's keys/values
+        other_kv: tuple[torch.Tensor, torch.Tensor] | None,  # from other_kv(); None: no fusion term (a cut)
         rope: RopeTable,
         backend: str,
     ) -> torch.Tensor:
         q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, self.head_dim))  # [B, L, H, D]
         out = attention(q.to(self.q.compute_dtype), *text_kv, backend)  # text: no RoPE, no key mask (padding included)
-        q = apply_rope(q, rope, inplace=True).to(self.q.compute_dtype)  # q is not needed un-rotated any more
-        out = out.add_(attention(q, *other_kv, backend))
+        if other_kv is not None:
+            q = apply_rope(q, rope, inplace=True).to(self.q.compute_dtype)  # q is not needed un-rotated any more
+            out = out.add_(attention(q, *other_kv, backend))
         return self.o(out.flatten(2))
 
 

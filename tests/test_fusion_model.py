@@ -121,6 +121,28 @@ def test_first_frame_is_clean_only_changes_time_of_first_frame_tokens(golden_dir
     torch.testing.assert_close(tiny_fusion(*zero, first_frame_is_clean=True)[0], tiny_fusion(*zero)[0], atol=1e-5, rtol=0)
 
 
+def test_per_modality_timesteps_and_clean_prefixes(golden_dir, tiny_fusion):
+    """audio_t = t and clean_video_frames = 1 are the defaults / first_frame_is_clean exactly; a clean prefix covering
+    a whole modality equals that modality at t = 0 while the other keeps its own t."""
+    d = _case(golden_dir, 2)
+    video, audio, t = d["in.video_latent"], d["in.audio_latent"], d["in.t"]
+    text = tiny_fusion.prepare_text([d["in.video_context"]], [d["in.audio_context"]])
+    run = lambda *a, **kw: tiny_fusion(*a, text=text, **kw)  # noqa: E731
+    for first in (False, True):
+        ref = run(video, audio, t, first_frame_is_clean=first)
+        got = run(video, audio, t, audio_t=t, clean_video_frames=int(first))
+        assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+    zero = torch.zeros_like(t)
+    frames, steps = video.shape[-3], audio.shape[-2]
+    got = run(video, audio, t, clean_video_frames=frames)  # video all clean, audio at t
+    torch.testing.assert_close(got, run(video, audio, zero, audio_t=t), atol=1e-5, rtol=0)
+    got = run(video, audio, t, clean_audio_steps=steps)  # audio all clean, video at t
+    torch.testing.assert_close(got, run(video, audio, t, audio_t=zero), atol=1e-5, rtol=0)
+    assert (run(video, audio, t, clean_audio_steps=2)[1] - run(video, audio, t)[1]).abs().max() > 1e-3
+    with pytest.raises(OviInputError, match="clean prefixes"):
+        run(video, audio, t, clean_audio_steps=steps + 1)
+
+
 def test_bad_inputs_get_clear_errors(tiny_fusion):
     ctx = [torch.zeros(3, 4096)]
     a = torch.zeros(1, 8, 20)

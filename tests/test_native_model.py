@@ -10,65 +10,26 @@ noise mask keeps a modality bit for bit; a mask keeping video frame 0 is Ovi's i
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-try:  # ComfyUI's `comfy` is a namespace package: look for one of its modules
-    _SPEC = importlib.util.find_spec("comfy.model_management")
-except ImportError:
-    _SPEC = None
-if _SPEC is None:
-    pytest.skip("ComfyUI is not importable here (run with ComfyUI's venv and its tree on PYTHONPATH)",
-                allow_module_level=True)
+from tests import comfy_inproc  # first: skips this module where ComfyUI is not importable, else sets up ComfyUI
 
-import comfy.options  # noqa: E402
+native = comfy_inproc.load_nodes_module("native_model")
 
-comfy.options.enable_args_parsing(False)
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True
 import comfy.latent_formats  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.nested_tensor  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 
-from ovi_core.demo import build_demo_fusion  # noqa: E402
-from ovi_core.sampler import PromptEmbeddings, make_noise, sample_joint  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-COMFY_DIR = Path(_SPEC.origin).resolve().parent.parent
-
-
-def _load(name: str, path: Path):
-    """A module by file path (the pack's ``nodes`` package and ComfyUI's ``nodes.py`` share a name)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-native = _load("ovi_native_model", ROOT / "nodes" / "native_model.py")
+from ovi_core.sampler import make_noise, sample_joint  # noqa: E402
+from tests.comfy_inproc import COMFY_DIR, load_core, load_file, nodes_module_as  # noqa: E402
 
 F, H, W, L = 3, 4, 4, 13  # latent sizes: 3 frames of 4x4 (64x64 pixels), 13 audio steps
 STEPS, SEED, TOL = 4, 7, 1e-5
-
-
-@pytest.fixture(scope="module")
-def fusion():
-    return build_demo_fusion()
-
-
-@pytest.fixture(scope="module")
-def texts():
-    g = torch.Generator().manual_seed(1)
-    return PromptEmbeddings(torch.randn(7, 4096, generator=g), torch.randn(5, 4096, generator=g),
-                            torch.randn(6, 4096, generator=g))
 
 
 def _conds(texts):
@@ -164,22 +125,8 @@ def test_ovi_guider_equals_pack_sampler_defaults(fusion, texts, solver, sampler_
 def core_nodes():
     """ComfyUI's nodes.py (KSampler, KSamplerAdvanced) and the V3 node files SamplerCustomAdvanced and the A/V latent
     nodes live in; ComfyUI's ``nodes`` module is installed under its name only while they import."""
-    saved = sys.modules.get("nodes")
-    try:
-        comfy_nodes = _load("nodes", COMFY_DIR / "nodes.py")
-        sys.modules["nodes"] = comfy_nodes
-        custom = _load("comfy_nodes_custom_sampler", COMFY_DIR / "comfy_extras" / "nodes_custom_sampler.py")
-        lt = _load("comfy_nodes_lt", COMFY_DIR / "comfy_extras" / "nodes_lt.py")
-    finally:
-        if saved is None:
-            sys.modules.pop("nodes", None)
-        else:
-            sys.modules["nodes"] = saved
+    comfy_nodes, custom, lt = load_core("comfy_extras/nodes_custom_sampler.py", "comfy_extras/nodes_lt.py")
     return types.SimpleNamespace(nodes=comfy_nodes, custom=custom, lt=lt)
-
-
-def _result(output):
-    return output.result if hasattr(output, "result") else output
 
 
 def test_core_nodes_run_the_ovi_model(fusion, texts, core_nodes):
@@ -207,7 +154,7 @@ def test_core_nodes_run_the_ovi_model(fusion, texts, core_nodes):
 
     guider = native.OviGuider(model, 4.0, 3.0)
     guider.set_conds(positive, [[texts.video_negative[None], {}]], [[texts.audio_negative[None], {}]])
-    result = _result(core_nodes.custom.SamplerCustomAdvanced.execute(
+    result = comfy_inproc.out(core_nodes.custom.SamplerCustomAdvanced.execute(
         native.OviNoise(SEED), guider, native.ovi_sampler("unipc"), native.ovi_sigmas("unipc", STEPS), latent))
     ref_v, ref_a = sample_joint(fusion, texts, video_shape=(48, F, H, W), audio_shape=(L, 20), seed=SEED,
                                 solver="unipc", steps=STEPS, shift=5.0, video_guidance=4.0, audio_guidance=3.0,
@@ -217,7 +164,7 @@ def test_core_nodes_run_the_ovi_model(fusion, texts, core_nodes):
     assert (audio.transpose(1, 2) - ref_a).abs().max() < TOL
     assert result[1]["samples"].is_nested  # the denoised output too
 
-    video_latent, audio_latent = _result(core_nodes.lt.LTXVSeparateAVLatent.execute(result[0]))
+    video_latent, audio_latent = comfy_inproc.out(core_nodes.lt.LTXVSeparateAVLatent.execute(result[0]))
     assert torch.equal(video_latent["samples"], video_raw) and torch.equal(audio_latent["samples"], audio)
 
 
@@ -289,34 +236,13 @@ def test_first_frame_mask_is_ovi_image_to_video(fusion, texts):
     assert err_v < TOL and err_a < TOL
 
 
-def test_fusion_forward_copy_equals_fusion_forward(fusion, texts):
-    """The per-modality forward (masked cases) is OviFusion.forward when both modalities share t."""
-    g = torch.Generator().manual_seed(6)
-    video, audio = torch.randn(2, 48, F, H, W, generator=g), torch.randn(2, L, 20, generator=g)
-    t = torch.tensor([900.0, 900.0])
-    text = fusion.prepare_text([texts.positive, texts.video_negative], [texts.positive, texts.audio_negative])
-    skip = torch.tensor([False, True])
-    for first in (False, True):
-        ref = fusion(video, audio, t, text=text, first_frame_is_clean=first, slg_layer=1, skip_mask=skip)
-        tv = torch.stack([t, torch.zeros_like(t)], 1) if first else t[:, None]
-        got = native._fusion_forward(fusion, video, audio, tv, int(first), t[:, None], 0, text, 1, skip)
-        assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
-
-
 def test_model_sampling_sd3_sets_the_shift(fusion):
     """Default shift 5.0 (Ovi); core ModelSamplingSD3 replaces it; timestep = 1000·σ."""
     model = native.build_model_patcher(fusion)
     ms = model.get_model_object("model_sampling")
     assert ms.shift == 5.0 and ms.timestep(torch.tensor([0.5])).item() == 500.0
-    saved = sys.modules.get("nodes")
-    sys.modules["nodes"] = types.ModuleType("nodes")  # the node file imports ComfyUI's nodes.py only for a constant
-    try:
-        advanced = _load("comfy_nodes_model_advanced", COMFY_DIR / "comfy_extras" / "nodes_model_advanced.py")
-    finally:
-        if saved is None:
-            sys.modules.pop("nodes", None)
-        else:
-            sys.modules["nodes"] = saved
+    with nodes_module_as(types.ModuleType("nodes")):  # the node file imports ComfyUI's nodes.py only for a constant
+        advanced = load_file("comfy_nodes_model_advanced", COMFY_DIR / "comfy_extras" / "nodes_model_advanced.py")
     (patched,) = advanced.ModelSamplingSD3().patch(model, shift=3.0)
     assert patched.get_model_object("model_sampling").shift == 3.0
     assert model.get_model_object("model_sampling").shift == 5.0
