@@ -179,7 +179,7 @@ _tile.__name__ = "tile size"
 
 
 def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
-    from ovi_core.sampler import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT, SOLVERS
+    from ovi_core.sampler import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT, SOLVERS, SYNC_CUTS
 
     from ovi_core.schedulers import MAX_STEPS
 
@@ -218,6 +218,11 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
                    help="audio guidance scale (default 3.0)")
     s.add_argument("--slg-layer", type=_int_in(-1, 2**31 - 1, "a fused block number, 0 or -1 = off"),
                    help="fused block skipped in the negative pass, 0 = off (default 11)")
+    s.add_argument("--sync-guidance", type=_finite_float("sync guidance scale, >= 0"),
+                   help="lip-sync knob: push away from a pass with the video<->audio attention cut, 0 = off "
+                        "(default 0; one more forward per step when on)")
+    s.add_argument("--sync-cut", choices=SYNC_CUTS, help="which fusion direction the sync pass cuts: both, "
+                   "audio_to_video (the video stops seeing the audio), video_to_audio (default both)")
     s.add_argument("--repeat", type=_int_in(1, MAX_REPEAT, "clips per prompt"), default=1,
                    help=f"clips per prompt (1..{MAX_REPEAT}), with seeds seed, seed+1, ...")
 
@@ -712,7 +717,8 @@ def cmd_generate(args) -> int:
             raise WrongFileError(" | ".join(problems) + " — `check-weights` lists every file")
     pipe = make_pipeline(args, paths)
     base = pipe.settings(steps=args.steps, solver=args.solver, shift=args.shift, video_guidance=args.video_guidance,
-                         audio_guidance=args.audio_guidance, slg_layer=args.slg_layer, seed=args.seed)
+                         audio_guidance=args.audio_guidance, slg_layer=args.slg_layer, seed=args.seed,
+                         sync_guidance=args.sync_guidance, sync_cut=args.sync_cut)
     check_settings(base.solver, base.steps, base.shift, base.video_guidance, base.audio_guidance, base.slg_layer,
                    base.seed + args.repeat - 1, num_layers=pipe.num_layers)
     check_size(args, pipe)

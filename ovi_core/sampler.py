@@ -10,6 +10,11 @@ Per step i, with t_i from the schedule (the same for both modalities):
   5. each modality is stepped by its own scheduler instance.
 After the loop the first frame is overwritten once more (image-to-video).
 
+Sync guidance (the lip-sync knob, off by default): with scale s > 0 one more pass per step, the positive prompt with
+the video<->audio fusion attention cut (``sync_cut``: "both", "audio_to_video" = the video tower does not see the
+audio, "video_to_audio" = the audio tower does not see the video; no SLG), and each modality whose input was cut is
+pushed away from it: v = v_guided + s·(v_pos − v_cut). s = 0 runs no extra pass: today's numbers exactly.
+
 Same numbers, less work than the reference: the two passes run as one batch of two (the skipped block applies
 to the negative row only, ``skip_mask=[False, True]``), and the text embeddings plus every cross-attention's
 text keys/values are computed once per generation (``model.prepare_text``). ``batched_cfg=False,
@@ -55,10 +60,13 @@ class SamplingSettings:
     audio_guidance: float = 3.0
     slg_layer: int = 11  # fused block skipped in the negative pass; 0 or -1 = off
     seed: int = 103
+    sync_guidance: float = 0.0  # 0 = off (no extra pass)
+    sync_cut: str = "both"  # "both" | "audio_to_video" | "video_to_audio"
 
     def __post_init__(self):
         check_settings(self.solver, self.steps, self.shift, self.video_guidance, self.audio_guidance,
                        self.slg_layer, self.seed)
+        check_sync(self.sync_guidance, self.sync_cut)
 
     def as_kwargs(self) -> dict:
         return asdict(self)
@@ -109,6 +117,23 @@ def check_settings(solver, steps, shift, video_guidance, audio_guidance, slg_lay
         )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
         raise OviInputError(f"seed must be a whole number between 0 and 2**64 - 1, got {seed!r}")
+
+
+SYNC_CUTS = ("both", "audio_to_video", "video_to_audio")
+
+
+def check_sync(scale, cut) -> None:
+    """Raise OviInputError for a bad sync-guidance scale or cut."""
+    if not _is_number(scale) or scale < 0:
+        raise OviInputError(f"sync_guidance must be a number >= 0 (0 = off), got {scale!r}")
+    if cut not in SYNC_CUTS:
+        raise OviInputError(f"sync_cut must be one of {', '.join(SYNC_CUTS)} (which fusion direction the sync pass "
+                            f"cuts: audio_to_video = the video stops seeing the audio), got {cut!r}")
+
+
+def sync_targets(cut: str) -> tuple[bool, bool]:
+    """(video, audio): the modalities whose input a cut removes, the ones sync guidance pushes."""
+    return cut in ("both", "audio_to_video"), cut in ("both", "video_to_audio")
 
 
 def _check_video_latent(name: str, x: torch.Tensor, frames: int | None = None) -> torch.Tensor:
@@ -213,6 +238,13 @@ class _GuidancePasses:
         neg_v, neg_a = self._call(video, audio, t, self.neg_ctx, self.neg, slg_layer=self.slg_layer)
         return pos_v, neg_v, pos_a, neg_a
 
+    def cut(self, video, audio, t, fusion_cut: str):
+        """The sync-guidance pass: the positive prompt with the fusion attention cut, no SLG -> (video, audio)."""
+        if not self.cache_text:
+            return self._call(video, audio, t, self.pos_ctx, None, fusion_cut=fusion_cut)
+        text = self.both.rows(slice(0, 1)) if self.both is not None else self.pos
+        return self._call(video, audio, t, self.pos_ctx, text, fusion_cut=fusion_cut)
+
     def _unbatch(self):
         self.batched = False
         if self.both is not None:
@@ -246,6 +278,8 @@ def sample_joint(
     should_interrupt: Callable[[], bool | None] | None = None,
     batched_cfg: bool = True,
     cache_text: bool = True,
+    sync_guidance: float = 0.0,
+    sync_cut: str = "both",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one clip with Ovi's joint loop; returns float32 latents video [1, 48, F, h, w], audio [1, L, 20].
 
@@ -260,8 +294,10 @@ def sample_joint(
       propagate. The process-wide checkers of ``ovi_core.interrupt`` are consulted too, before every step and
       between the model's blocks.
     batched_cfg / cache_text: see the module docstring; both False = the reference's loop.
+    sync_guidance / sync_cut: the lip-sync knob (module docstring); 0 = off, no extra pass.
     """
     check_settings(solver, steps, shift, video_guidance, audio_guidance, slg_layer, seed, _num_layers(model))
+    check_sync(sync_guidance, sync_cut)
     if not isinstance(text, PromptEmbeddings):
         raise OviInputError(
             f"text must be a PromptEmbeddings (prompt, video negative, audio negative), got {type(text).__name__}"
@@ -295,6 +331,8 @@ def sample_joint(
     logger.info("Ovi sampling: %s, %d steps, shift %g, guidance video %g / audio %g, SLG layer %d, %s, "
                 "video %s, audio %s", solver, steps, shift, video_guidance, audio_guidance, slg_layer,
                 "batched passes" if batched_cfg else "two passes", list(video.shape[1:]), list(audio.shape[1:]))
+    if sync_guidance > 0:
+        logger.info("Ovi sync guidance %g (cut %s): one more forward per step", sync_guidance, sync_cut)
 
     # 3. the loop
     for i in range(steps):
@@ -308,6 +346,11 @@ def sample_joint(
         pos_v, neg_v, pos_a, neg_a = passes(video, audio, t)
         guided_v = neg_v + video_guidance * (pos_v - neg_v)
         guided_a = neg_a + audio_guidance * (pos_a - neg_a)
+        if sync_guidance > 0:  # v += s·(v_pos − v_cut) on the modalities whose input the cut pass removed
+            cut_v, cut_a = passes.cut(video, audio, t, sync_cut)
+            push_v, push_a = sync_targets(sync_cut)
+            guided_v = guided_v + sync_guidance * (pos_v - cut_v) if push_v else guided_v
+            guided_a = guided_a + sync_guidance * (pos_a - cut_a) if push_a else guided_a
 
         if callback is not None:
             denoised = sched_v.denoised(guided_v, video), sched_a.denoised(guided_a, audio)
@@ -335,6 +378,7 @@ __all__ = [
     "SamplingSettings",
     "StepLatents",
     "check_settings",
+    "check_sync",
     "make_noise",
     "sample_joint",
 ]
