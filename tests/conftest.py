@@ -39,6 +39,24 @@ def tiny_fusion(golden_dir):
     return tiny_model(golden_dir)
 
 
+@pytest.fixture(scope="module")
+def fusion():
+    """The demo fusion model (ovi_core.demo), one per test module."""
+    from ovi_core.demo import build_demo_fusion
+
+    return build_demo_fusion()
+
+
+@pytest.fixture(scope="module")
+def texts():
+    """Seeded stand-in text states: positive, video negative, audio negative (7, 5 and 6 tokens of 4096)."""
+    from ovi_core.sampler import PromptEmbeddings
+
+    g = torch.Generator().manual_seed(1)
+    return PromptEmbeddings(torch.randn(7, 4096, generator=g), torch.randn(5, 4096, generator=g),
+                            torch.randn(6, 4096, generator=g))
+
+
 @pytest.fixture(scope="session")
 def comfy_python() -> Path:
     """The Python of a ComfyUI 0.8 CPU venv with the pack's requirements (tests/comfy_server.py builds it once with

@@ -16,15 +16,14 @@ import math
 import pytest
 import torch
 
-from ovi_core.audio_input import prepare_audio  # noqa: E402
-from ovi_core.demo import build_demo_audio_encoder, build_demo_fusion  # noqa: E402
-from ovi_core.errors import OviInputError  # noqa: E402
-from ovi_core.sampler import PromptEmbeddings  # noqa: E402
-from tests import test_native_nodes as native_tests  # skips this module where ComfyUI is not importable
+from ovi_core.audio_input import prepare_audio
+from ovi_core.demo import build_demo_audio_encoder
+from ovi_core.errors import OviInputError
+from tests import comfy_inproc  # skips this module where ComfyUI is not importable
 
-_load_nodes_module, _one, _out = native_tests._load_nodes_module, native_tests._one, native_tests._out
+_load_nodes_module, _one, _out = comfy_inproc.load_nodes_module, comfy_inproc.one, comfy_inproc.out
+nn = _load_nodes_module("native_nodes")  # first: it imports av_nodes at its end (as the pack's __init__ does)
 av = _load_nodes_module("av_nodes")
-nn = _load_nodes_module("native_nodes")
 native = _load_nodes_module("native_model")
 loaders = _load_nodes_module("loaders")
 bridge = _load_nodes_module("bridge")
@@ -36,31 +35,9 @@ DEMO = bridge.DEMO_ENTRY
 
 @pytest.fixture(scope="module")
 def custom_sampler():
-    """Core's SamplerCustomAdvanced (comfy_extras/nodes_custom_sampler.py), as test_native_nodes loads it."""
-    import sys
-
-    saved = sys.modules.get("nodes")
-    try:
-        sys.modules["nodes"] = native_tests._load_file("nodes", native_tests.COMFY_DIR / "nodes.py")
-        return native_tests._load_file("comfy_nodes_custom_sampler",
-                                       native_tests.COMFY_DIR / "comfy_extras" / "nodes_custom_sampler.py")
-    finally:
-        if saved is None:
-            sys.modules.pop("nodes", None)
-        else:
-            sys.modules["nodes"] = saved
-
-
-@pytest.fixture(scope="module")
-def fusion():
-    return build_demo_fusion()
-
-
-@pytest.fixture(scope="module")
-def texts():
-    g = torch.Generator().manual_seed(1)
-    return PromptEmbeddings(torch.randn(7, 4096, generator=g), torch.randn(5, 4096, generator=g),
-                            torch.randn(6, 4096, generator=g))
+    """Core's SamplerCustomAdvanced (comfy_extras/nodes_custom_sampler.py)."""
+    _, module = comfy_inproc.load_core("comfy_extras/nodes_custom_sampler.py")
+    return module
 
 
 @pytest.fixture(scope="module")

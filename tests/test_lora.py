@@ -11,67 +11,29 @@ changes nothing and is reported with its key count; a partly matching file repor
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
-try:
-    _SPEC = importlib.util.find_spec("comfy.model_management")
-except ImportError:
-    _SPEC = None
-if _SPEC is None:
-    pytest.skip("ComfyUI is not importable here (run with ComfyUI's venv and its tree on PYTHONPATH)",
-                allow_module_level=True)
+from tests import comfy_inproc  # first: skips this module where ComfyUI is not importable, else sets up ComfyUI
 
-import comfy.options  # noqa: E402
+native = comfy_inproc.load_nodes_module("native_model")
 
-comfy.options.enable_args_parsing(False)
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True
 import folder_paths  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from ovi_core.demo import build_demo_fusion  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-COMFY_DIR = Path(_SPEC.origin).resolve().parent.parent
-PACKAGE = "ovi_native_nodes_pkg"  # as tests/test_native_nodes.py: nodes/ as a bare package (no pack __init__)
 RANK = 4
-
-
-def _load_nodes_module(name: str):
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(ROOT / "nodes")]
-        sys.modules[PACKAGE] = package
-    return importlib.import_module(f"{PACKAGE}.{name}")
-
-
-native = _load_nodes_module("native_model")
 
 
 @pytest.fixture(scope="module")
 def core_nodes():
-    """ComfyUI's nodes.py (LoraLoaderModelOnly), loaded by path: the pack's `nodes` package shares its name."""
-    saved = sys.modules.get("nodes")
-    try:
-        spec = importlib.util.spec_from_file_location("nodes", COMFY_DIR / "nodes.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["nodes"] = module
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        if saved is None:
-            sys.modules.pop("nodes", None)
-        else:
-            sys.modules["nodes"] = saved
+    """ComfyUI's nodes.py (LoraLoaderModelOnly)."""
+    (module,) = comfy_inproc.load_core()
+    return module
 
 
 @pytest.fixture(scope="module")
