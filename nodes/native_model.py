@@ -400,11 +400,21 @@ def ovi_sampler(solver: str):
 class OviGuider(comfy.samplers.CFGGuider):
     """Ovi's guidance as a core GUIDER: one positive and one negative pass per step, batched (the negative pass
     gives the video tower the video negative and the audio tower the audio negative, and skips the model's SLG
-    block), then ``neg + cfg·(pos − neg)`` with its own cfg per modality, on the denoised estimates."""
+    block), then ``neg + cfg·(pos − neg)`` with its own cfg per modality, on the denoised estimates.
 
-    def __init__(self, model_patcher, video_cfg: float = 4.0, audio_cfg: float = 3.0):
+    Sync guidance (``sync_scale`` > 0): one more positive pass with the video↔audio fusion attention cut
+    (``sync_cut``, ovi_core.sampler.SYNC_CUTS) and ``+ s·(pos − cut)`` on the modalities whose input was cut. On the
+    denoised estimates this is the same as ``v + s·(v_pos − v_cut)`` on velocities (x0 = x − σ·v, one σ). 0 = off:
+    no extra pass."""
+
+    def __init__(self, model_patcher, video_cfg: float = 4.0, audio_cfg: float = 3.0, sync_scale: float = 0.0,
+                 sync_cut: str = "both"):
+        from ovi_core.sampler import check_sync
+
         super().__init__(model_patcher)
+        check_sync(sync_scale, sync_cut)
         self.video_cfg, self.audio_cfg = float(video_cfg), float(audio_cfg)
+        self.sync_scale, self.sync_cut = float(sync_scale), sync_cut
 
     def set_conds(self, positive, video_negative, audio_negative):
         """CONDITIONING lists; the audio negative's states ride in the video negative's entries."""
@@ -418,7 +428,21 @@ class OviGuider(comfy.samplers.CFGGuider):
         shapes = self.inner_model.latent_shapes
         (pv, pa), (nv, na) = comfy.utils.unpack_latents(pos, shapes), comfy.utils.unpack_latents(neg, shapes)
         guided = [nv + self.video_cfg * (pv - nv), na + self.audio_cfg * (pa - na)]
+        if self.sync_scale > 0:
+            from ovi_core.sampler import sync_targets
+
+            cut = self._cut_pass(x, timestep, model_options)
+            for i, (p, c, push) in enumerate(zip((pv, pa), comfy.utils.unpack_latents(cut, shapes),
+                                                 sync_targets(self.sync_cut))):
+                if push:
+                    guided[i] = guided[i] + self.sync_scale * (p - c)
         return comfy.utils.pack_latents(guided)[0]
+
+    def _cut_pass(self, x, timestep, model_options):
+        """The positive conditioning with the model's fusion attention cut (transformer_options FUSION_CUT_OPTION)."""
+        options = {**model_options, "transformer_options": {**model_options.get("transformer_options", {}),
+                                                           FUSION_CUT_OPTION: self.sync_cut}}
+        return comfy.samplers.calc_cond_batch(self.inner_model, [self.conds["positive"]], x, timestep, options)[0]
 
 
 # ---- LoRA ----------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from comfy_api.latest import io
 from ovi_core.errors import OviInputError
 
 from . import native_model as native
+from .sampling import SYNC_CUT_TOOLTIP, SYNC_GUIDANCE_TOOLTIP, sync_cuts
 
 CATEGORY = "Ovi/native"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -158,19 +159,25 @@ class OviGuider(io.ComfyNode):
                 io.Int.Input("skip_layer", default=11, min=-1, max=63,
                              tooltip="Skip-layer guidance: the fused block skipped in the negative pass (Ovi: 11; "
                                      "-1 or 0 = off). Must be below the model's depth (30; the demo model: 3)."),
+                io.Float.Input("sync_guidance", default=0.0, min=0.0, max=10.0, step=0.1, optional=True,
+                               tooltip=SYNC_GUIDANCE_TOOLTIP),
+                io.Combo.Input("sync_cut", options=sync_cuts(), default="both", optional=True,
+                               tooltip=SYNC_CUT_TOOLTIP),
             ],
             outputs=[io.Guider.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, video_cfg, audio_cfg, skip_layer, audio_negative=None):
+    def execute(cls, model, positive, negative, video_cfg, audio_cfg, skip_layer, audio_negative=None,
+                sync_guidance=0.0, sync_cut="both"):
         depth = _ovi_model(model).diffusion_model.cfg.num_layers
         if skip_layer >= depth:
             raise OviInputError(f"skip_layer {skip_layer} is past the model's {depth} fused blocks; use 1 to "
                                 f"{depth - 1} (Ovi: 11), or 0 / -1 for no skip-layer guidance")
         patched = model.clone()
         patched.model_options.setdefault("transformer_options", {})[native.SLG_OPTION] = max(int(skip_layer), 0)
-        guider = native.OviGuider(patched, _finite("video_cfg", video_cfg, 4.0), _finite("audio_cfg", audio_cfg, 3.0))
+        guider = native.OviGuider(patched, _finite("video_cfg", video_cfg, 4.0), _finite("audio_cfg", audio_cfg, 3.0),
+                                  sync_scale=_finite("sync_guidance", sync_guidance, 0.0), sync_cut=sync_cut)
         if audio_negative is not None:
             guider.set_conds(positive, negative, audio_negative)
         else:  # the audio negative rides in the negative's entries (or the audio tower gets 'negative' too)

@@ -23,12 +23,26 @@ from .handles import OviText, OviTextType, OviVideoVAEType, model_parts
 log = logging.getLogger(__name__)
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+SYNC_GUIDANCE_TOOLTIP = (
+    "Lip-sync knob (sync guidance): one more model pass per step with the video<->audio attention cut, and the "
+    "result pushed away from it by this scale: v + s·(v_pos − v_cut). 0 = off (today's numbers exactly, no extra "
+    "pass); try 0.5-2. Costs one more forward per step.")
+SYNC_CUT_TOOLTIP = (
+    "Which fusion direction the sync pass cuts, and so which modality is pushed: both (video and audio), "
+    "audio_to_video (the video stops seeing the audio: pushes the video, e.g. lips to the speech), video_to_audio "
+    "(the audio stops seeing the video: pushes the audio).")
 
 
 def _solvers() -> list[str]:
     from ovi_core.sampler import SOLVERS
 
     return list(SOLVERS)
+
+
+def sync_cuts() -> list[str]:
+    from ovi_core.sampler import SYNC_CUTS
+
+    return list(SYNC_CUTS)
 
 
 def encode_start_image(image, video_vae, width: int, height: int):
@@ -113,13 +127,14 @@ def _joint_parts(latent):
 
 
 def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width, height,
-                start_image=None, video_vae=None, latent=None):
+                start_image=None, video_vae=None, latent=None, sync_guidance=0.0, sync_cut="both"):
     """Ovi's joint sampler -> (video LATENT, audio LATENT, joint LATENT). A joint ``latent`` gives the clip's size
     and length (its values are replaced by noise, as a sampler at denoise 1 does) and may keep video frame 0."""
     from ovi_core.errors import OviInputError
-    from ovi_core.sampler import PromptEmbeddings, sample_joint
+    from ovi_core.sampler import PromptEmbeddings, check_sync, sample_joint
     from ovi_core.sizes import latent_shapes
 
+    check_sync(sync_guidance, sync_cut)
     fusion, variant = model_parts(model)
     first = None
     if latent is not None:
@@ -134,6 +149,9 @@ def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_g
                     raise OviInputError(f"{name} must be a finite number, got {value!r}")
             if slg_layer >= fusion.cfg.num_layers:
                 raise OviInputError(f"slg_layer {slg_layer} is past the model's {fusion.cfg.num_layers} fused blocks")
+            if sync_guidance > 0:
+                raise OviInputError("sync_guidance with a latent holding audio or video: use SamplerCustomAdvanced "
+                                    "with Ovi Guider (its sync_guidance input), or set sync_guidance to 0 here")
             log.info("Ovi Sampler: the latent's noise mask holds audio or video: sampling on the native path "
                      "(Ovi's %s solver, kept parts returned bit for bit)", solver)
             from .av_nodes import sample_masked  # ComfyUI only
@@ -160,11 +178,22 @@ def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_g
         fusion, PromptEmbeddings(text.positive, text.video_negative, text.audio_negative),
         video_shape=shapes.video, audio_shape=shapes.audio, seed=seed, solver=solver, steps=steps,
         shift=shift, video_guidance=video_guidance, audio_guidance=audio_guidance, slg_layer=slg_layer,
-        first_frame_latent=first, should_interrupt=bridge.check_interrupt,
+        first_frame_latent=first, should_interrupt=bridge.check_interrupt, sync_guidance=sync_guidance,
+        sync_cut=sync_cut,
         callback=lambda done, total, lat: progress.step(done, _preview_slice(lat.video_denoised)))
     out = bridge.intermediate_device()
     video_latent, audio_latent = video_latent_to_comfy(video, out), audio_latent_to_comfy(audio, out)
     return video_latent, audio_latent, {"samples": bridge.nested((video_latent["samples"], audio_latent["samples"]))}
+
+
+def _finite_sync(value) -> float:
+    from ovi_core.errors import OviInputError
+
+    if value is None:  # an old workflow without the input
+        return 0.0
+    if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
+        raise OviInputError(f"sync_guidance must be a finite number >= 0, got {value!r} (0 = off)")
+    return float(value)
 
 
 class OviSampler(io.ComfyNode):
@@ -214,6 +243,9 @@ class OviSampler(io.ComfyNode):
                     "length instead of width / height; a noise_mask keeping video frame 0 starts from that frame; "
                     "one holding the audio or the video (Ovi AV Latent From Parts, Ovi Video To Audio) generates "
                     "the other part around it.")),
+                io.Float.Input("sync_guidance", default=0.0, min=0.0, max=10.0, step=0.1, optional=True,
+                               tooltip=SYNC_GUIDANCE_TOOLTIP),
+                io.Combo.Input("sync_cut", options=sync_cuts(), default="both", optional=True, tooltip=SYNC_CUT_TOOLTIP),
             ],
             outputs=[
                 io.Latent.Output("video_latent", tooltip=(
@@ -236,7 +268,9 @@ class OviSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width, height,
-                text=None, start_image=None, video_vae=None, positive=None, negative=None, latent=None):
+                text=None, start_image=None, video_vae=None, positive=None, negative=None, latent=None,
+                sync_guidance=0.0, sync_cut="both"):
         text = resolve_text(text, positive, negative)
         return io.NodeOutput(*sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_guidance,
-                                          slg_layer, width, height, start_image, video_vae, latent))
+                                          slg_layer, width, height, start_image, video_vae, latent,
+                                          _finite_sync(sync_guidance), sync_cut))

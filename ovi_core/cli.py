@@ -180,7 +180,6 @@ _tile.__name__ = "tile size"
 
 def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
     from ovi_core.sampler import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT, SOLVERS, SYNC_CUTS
-
     from ovi_core.schedulers import MAX_STEPS
 
     parser = argparse.ArgumentParser(prog=prog, description="Ovi audio+video generation, headless.",

@@ -189,7 +189,7 @@ def test_sampler_select_gives_a_ksampler():
 
 # ---- the whole native graph == Ovi's sampler -----------------------------------------------------------------------
 def _graph(fusion, texts, custom_sampler, solver, sampler, *, audio_negative_socket=True, skip_layer=1,
-           seed=SEED, latent=None):
+           seed=SEED, latent=None, **sync):
     model = native.build_model_patcher(fusion, slg_layer=11)  # the guider's skip_layer must override it
     positive = [[texts.positive[None], {}]]
     if audio_negative_socket:
@@ -198,7 +198,7 @@ def _graph(fusion, texts, custom_sampler, solver, sampler, *, audio_negative_soc
         negative = [[texts.video_negative[None], {native.AUDIO_CONTEXT_KEY: texts.audio_negative[None]}]]
         audio_negative = None
     guider = _one(nn.OviGuider.execute(model=model, positive=positive, negative=negative, video_cfg=4.0,
-                                       audio_cfg=3.0, skip_layer=skip_layer, audio_negative=audio_negative))
+                                       audio_cfg=3.0, skip_layer=skip_layer, audio_negative=audio_negative, **sync))
     if latent is None:
         latent = _one(nn.OviEmptyLatent.execute(width=SIDE, height=SIDE, length=5, batch_size=1))
     noise = _one(nn.OviNoise.execute(seed=seed, add_noise=True))
@@ -208,9 +208,9 @@ def _graph(fusion, texts, custom_sampler, solver, sampler, *, audio_negative_soc
     return out["samples"].unbind()
 
 
-def _reference(fusion, texts, solver, slg_layer=1, seed=SEED):
+def _reference(fusion, texts, solver, slg_layer=1, seed=SEED, **sync):
     return sample_joint(fusion, texts, video_shape=(48, 31, 4, 4), audio_shape=(157, 20), seed=seed, solver=solver,
-                        steps=STEPS, shift=5.0, video_guidance=4.0, audio_guidance=3.0, slg_layer=slg_layer)
+                        steps=STEPS, shift=5.0, video_guidance=4.0, audio_guidance=3.0, slg_layer=slg_layer, **sync)
 
 
 @pytest.mark.parametrize("solver, core_sampler", [("unipc", None), ("dpm++", None), ("euler", None),
@@ -255,6 +255,31 @@ def test_guider_takes_the_audio_negative_from_the_negative_and_switches_slg(fusi
         nn.OviGuider.execute(model=types.SimpleNamespace(model=object()), positive=cond, negative=cond, video_cfg=4.0,
                              audio_cfg=3.0, skip_layer=1)
     assert model.model_options.get("transformer_options", {}).get(native.SLG_OPTION) is None  # the input unchanged
+
+
+def test_guider_sync_guidance(fusion, texts, custom_sampler):
+    """Ovi Guider's sync_guidance: 0 is bit-identical to the guider without the input (no extra pass); > 0 changes
+    the clip and equals sample_joint with the same sync settings (same formula on the denoised estimates)."""
+    sampler = _one(nn.OviSamplerSelect.execute(solver="unipc"))
+    today = _graph(fusion, texts, custom_sampler, "unipc", sampler)
+    off = _graph(fusion, texts, custom_sampler, "unipc", sampler, sync_guidance=0.0, sync_cut="audio_to_video")
+    assert all(torch.equal(x, y) for x, y in zip(today, off))
+    for cut in ("both", "audio_to_video"):
+        on = _graph(fusion, texts, custom_sampler, "unipc", sampler, sync_guidance=1.5, sync_cut=cut)
+        ref_v, ref_a = _reference(fusion, texts, "unipc", sync_guidance=1.5, sync_cut=cut)
+        err_v = (_model_space(on[0]) - ref_v).abs().max().item()
+        err_a = (on[1].transpose(1, 2) - ref_a).abs().max().item()
+        print(f"guider sync 1.5 ({cut}): max |native - ovi| video {err_v:.3g}, audio {err_a:.3g}")
+        assert err_v < TOL and err_a < TOL
+        assert (on[0] - today[0]).abs().max() > 1e-3
+    model = native.build_model_patcher(fusion)
+    cond = [[texts.positive[None], {}]]
+    with pytest.raises(OviInputError, match="sync_cut"):
+        nn.OviGuider.execute(model=model, positive=cond, negative=cond, video_cfg=4.0, audio_cfg=3.0, skip_layer=1,
+                             sync_guidance=1.0, sync_cut="audio")
+    schema = nn.OviGuider.define_schema()
+    inputs = {i.id: i for i in schema.inputs}
+    assert inputs["sync_guidance"].optional and inputs["sync_guidance"].default == 0.0 and inputs["sync_cut"].tooltip
 
 
 def test_no_noise_second_stage_runs_on_the_joint_latent(fusion, texts, custom_sampler):
