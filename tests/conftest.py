@@ -72,5 +72,28 @@ def comfy_python() -> Path:
     return comfy_server.prepare_venv(shared, comfy_server.venv_dir())
 
 
+@pytest.fixture(scope="session")
+def comfy(comfy_python, tmp_path_factory):
+    """One real ComfyUI server for every tests/test_comfy_*.py file (tests/comfy_server.py). They share its folders:
+    a test compares output/ before and after instead of expecting it empty, and what it writes into models/ or input/
+    either has a name no other test asks for or is removed again."""
+    from tests import comfy_server
+
+    server = comfy_server.start_server(comfy_python, comfy_server.shared_dir() / "ComfyUI",
+                                       tmp_path_factory.mktemp("comfy"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def info(comfy) -> dict:
+    """The server's /object_info: every node's definition."""
+    status, answer = comfy.get("/object_info", timeout=60)
+    assert status == 200, answer
+    return answer
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")

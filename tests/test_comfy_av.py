@@ -1,6 +1,6 @@
 """Video -> audio and audio -> video in a real ComfyUI 0.8 server (CPU, 127.0.0.1), through the shipped workflows.
 
-The server is started as in test_comfy_native.py (its own session fixture; tests/comfy_server.py); workflows become API
+The session's one server (tests/conftest.py's ``comfy``, built with tests/comfy_server.py); workflows become API
 prompts with the server's /object_info (test_comfy_native.to_api). On the demo model:
   * the demo V2A workflow (an IMAGE batch of 60 frames taken as 30 fps -> sound) writes an mp4 of the ORIGINAL 60
     frames with an audio stream of the same length, the AUDIO in the muxed VIDEO lasts exactly 2 s (60 / 30, to the
@@ -19,7 +19,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from tests import comfy_server as cs
@@ -29,22 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WF = ROOT / "workflows"
 DEMO = "(demo) tiny built-in model"
 AV_IDS = ("OviAudioEncode", "OviVideoToAudio", "OviAVLatentFromParts")
-
-
-@pytest.fixture(scope="session")
-def comfy_av(comfy_python, tmp_path_factory):
-    server = cs.start_server(comfy_python, cs.shared_dir() / "ComfyUI", tmp_path_factory.mktemp("comfy_av"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def info(comfy_av) -> dict:
-    status, answer = comfy_av.get("/object_info", timeout=60)
-    assert status == 200, answer
-    return answer
 
 
 def prompt_of(name: str, info: dict) -> dict:
@@ -72,7 +55,7 @@ def saved_audio_samples(server, entry: dict, node_id: str) -> tuple[int, int]:
         return sum(f.samples for f in c.decode(audio=0)), rate
 
 
-def test_av_nodes_are_registered_with_tooltips(comfy_av, info):
+def test_av_nodes_are_registered_with_tooltips(comfy, info):
     for node_id in AV_IDS:
         entry = info[node_id]
         assert entry["python_module"] == f"custom_nodes.{cs.PACK_DIR_NAME}" and entry["description"]
@@ -81,34 +64,34 @@ def test_av_nodes_are_registered_with_tooltips(comfy_av, info):
                 assert (spec[1] if len(spec) > 1 else {}).get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
-def test_demo_v2a_workflow_writes_the_original_frames_with_sound_of_their_duration(comfy_av, info):
+def test_demo_v2a_workflow_writes_the_original_frames_with_sound_of_their_duration(comfy, info):
     prompt = prompt_of("ovi_demo_v2a_tiny_model.json", info)
     v2a, sca, mux = one(prompt, "OviVideoToAudio"), one(prompt, "SamplerCustomAdvanced"), one(prompt, "OviMux")
     held = save_parts(prompt, [v2a, 0], "v2a_in")
     out = save_parts(prompt, [sca, 0], "v2a_out")
     parts = add(prompt, "GetVideoComponents", video=[mux, 0])
     audio_save = add(prompt, "SaveAudio", audio=[parts, 1], filename_prefix="av_test/v2a_audio")
-    entry = run_ok(comfy_av, prompt)
-    check_mp4(comfy_av, entry, mux, 60, (96, 80), 30.0)
-    samples, rate = saved_audio_samples(comfy_av, entry, audio_save)
+    entry = run_ok(comfy, prompt)
+    check_mp4(comfy, entry, mux, 60, (96, 80), 30.0)
+    samples, rate = saved_audio_samples(comfy, entry, audio_save)
     assert rate == 16000 and samples == round(60 / 30 * 16000), samples  # the clip's exact duration: 2 s
-    video_in, video_out = read_latent(comfy_av, entry, held[0]), read_latent(comfy_av, entry, out[0])
+    video_in, video_out = read_latent(comfy, entry, held[0]), read_latent(comfy, entry, out[0])
     assert video_in.shape == (1, 48, 31, 4, 4) and torch.equal(video_in, video_out)
-    audio_out = read_latent(comfy_av, entry, out[1])
+    audio_out = read_latent(comfy, entry, out[1])
     assert audio_out.shape == (1, 20, 157) and audio_out.abs().max() > 0.1  # generated
 
 
-def test_demo_a2v_workflow_keeps_the_sound_and_the_start_picture(comfy_av, info):
+def test_demo_a2v_workflow_keeps_the_sound_and_the_start_picture(comfy, info):
     prompt = prompt_of("ovi_demo_a2v_tiny_model.json", info)
     parts, mux = one(prompt, "OviAVLatentFromParts"), one(prompt, "OviMux")
     (sca,) = [i for i in ids_of(prompt, "SamplerCustomAdvanced") if prompt[i]["inputs"]["latent_image"][0] == parts]
     held = save_parts(prompt, [parts, 0], "a2v_in")
     out = save_parts(prompt, [sca, 0], "a2v_out")
-    entry = run_ok(comfy_av, prompt)
-    check_mp4(comfy_av, entry, mux, 121, (64, 64), 24.0)
-    audio_in, audio_out = read_latent(comfy_av, entry, held[1]), read_latent(comfy_av, entry, out[1])
+    entry = run_ok(comfy, prompt)
+    check_mp4(comfy, entry, mux, 121, (64, 64), 24.0)
+    audio_in, audio_out = read_latent(comfy, entry, held[1]), read_latent(comfy, entry, out[1])
     assert audio_in.shape == (1, 20, 157) and torch.equal(audio_in, audio_out)
-    video_in, video_out = read_latent(comfy_av, entry, held[0]), read_latent(comfy_av, entry, out[0])
+    video_in, video_out = read_latent(comfy, entry, held[0]), read_latent(comfy, entry, out[0])
     assert torch.equal(video_in[:, :, :1], video_out[:, :, :1]) and video_in[:, :, :1].abs().max() > 0
     assert (video_in[:, :, 1:] - video_out[:, :, 1:]).abs().max() > 1e-3  # the rest is generated
 
@@ -147,18 +130,18 @@ def _write_inputs(folder: Path) -> None:
         folder / "example.png")
 
 
-def test_real_weight_v2a_and_a2v_workflows_run_on_the_demo_models(comfy_av, info):
+def test_real_weight_v2a_and_a2v_workflows_run_on_the_demo_models(comfy, info):
     """LoadVideo (50 frames at 25 fps, silent) -> sound; LoadAudio (3 s stereo 44.1 kHz) + LoadImage -> video."""
-    _write_inputs(comfy_av.root / "input")
+    _write_inputs(comfy.root / "input")
     v2a = prompt_of("ovi_v2a_loadvideo_720x720_5s.json", info)
     _demo_everywhere(v2a)
     mux = one(v2a, "OviMux")
-    entry = run_ok(comfy_av, v2a)
-    check_mp4(comfy_av, entry, mux, 50, (80, 48), 25.0)  # the loaded clip's own frames, size and fps
+    entry = run_ok(comfy, v2a)
+    check_mp4(comfy, entry, mux, 50, (80, 48), 25.0)  # the loaded clip's own frames, size and fps
 
     a2v = prompt_of("ovi_a2v_loadaudio_720x720_5s.json", info)
     _demo_everywhere(a2v)
     mux = one(a2v, "OviMux")
-    entry = run_ok(comfy_av, a2v)
-    clip = check_mp4(comfy_av, entry, mux, 121, (64, 64), 24.0)
+    entry = run_ok(comfy, a2v)
+    clip = check_mp4(comfy, entry, mux, 121, (64, 64), 24.0)
     assert clip.audio_channels == 2  # the original stereo voice, cut at the last frame

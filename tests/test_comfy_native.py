@@ -1,7 +1,7 @@
 """Ovi's native path inside a real ComfyUI 0.8 server (CPU, 127.0.0.1), driven through its HTTP API.
 
-The server is started as in test_comfy_server.py (tests/comfy_server.py: ComfyUI's venv, a copy of its tree, this
-repository linked as custom_nodes/ComfyUI-Ovi). Workflows are turned into API prompts with the server's own
+The session's one server (tests/conftest.py's ``comfy``; tests/comfy_server.py: ComfyUI's venv, a copy of its tree,
+this repository linked as custom_nodes/ComfyUI-Ovi). Workflows are turned into API prompts with the server's own
 /object_info (widget order of core and Ovi nodes alike). Checked on the demo model:
   * the native demo workflow runs through core SamplerCustomAdvanced + Ovi Guider, and through core KSampler, each
     writing an mp4 with one video and one audio stream of equal length;
@@ -35,22 +35,6 @@ FRONTEND_ONLY = ("MarkdownNote", "Note", "Reroute", "PrimitiveNode")
 SEED, STEPS, TOL = 321, 8, 1e-5
 FRAME = 1 / 24
 RSS_GROWTH_MB = 40  # allowed VmRSS growth from the 2nd to the 5th run (the tiny model: noise of the allocator)
-
-
-@pytest.fixture(scope="session")
-def comfy_native(comfy_python, tmp_path_factory):
-    server = cs.start_server(comfy_python, cs.shared_dir() / "ComfyUI", tmp_path_factory.mktemp("comfy_native"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def info(comfy_native) -> dict:
-    status, answer = comfy_native.get("/object_info", timeout=60)
-    assert status == 200, answer
-    return answer
 
 
 # ---- UI workflow -> API prompt, with the server's definitions --------------------------------------------------------
@@ -196,7 +180,7 @@ def shifted(ids: tuple[str, str], prompt_a: dict) -> tuple[str, str]:
 
 
 # ---- checks --------------------------------------------------------------------------------------------------------
-def test_native_nodes_are_registered_with_tooltips(comfy_native, info):
+def test_native_nodes_are_registered_with_tooltips(comfy, info):
     for node_id in NATIVE_IDS:
         assert node_id in info, f"{node_id} missing from /object_info"
         entry = info[node_id]
@@ -205,7 +189,7 @@ def test_native_nodes_are_registered_with_tooltips(comfy_native, info):
         for section in ("required", "optional"):
             for name, spec in entry["input"].get(section, {}).items():
                 assert (spec[1] if len(spec) > 1 else {}).get("tooltip"), f"{node_id}.{name} has no tooltip"
-    log = comfy_native.log(200_000)
+    log = comfy.log(200_000)
     assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
 
 
@@ -220,16 +204,16 @@ def _check_mp4(server, entry: dict, mux_id: str, prefix: str):
     return clip
 
 
-def test_demo_native_workflow_runs_through_sampler_custom_advanced_and_ovi_guider(comfy_native, info):
+def test_demo_native_workflow_runs_through_sampler_custom_advanced_and_ovi_guider(comfy, info):
     prompt = native_demo(info)
     assert {"SamplerCustomAdvanced", "OviGuider", "OviEmptyLatent", "LTXVSeparateAVLatent"} <= \
         {n["class_type"] for n in prompt.values()}
     mux = one(prompt, "OviMux")
     prompt[mux]["inputs"]["filename_prefix"] = "Ovi/native_sca"
-    _check_mp4(comfy_native, run_ok(comfy_native, prompt), mux, "native_sca_")
+    _check_mp4(comfy, run_ok(comfy, prompt), mux, "native_sca_")
 
 
-def test_demo_native_workflow_runs_through_core_ksampler(comfy_native, info):
+def test_demo_native_workflow_runs_through_core_ksampler(comfy, info):
     """The same graph with a stock KSampler (euler, normal, cfg 4) in place of SamplerCustomAdvanced + Ovi Guider."""
     prompt = native_demo(info)
     sca_id, guider = one(prompt, "SamplerCustomAdvanced"), prompt[one(prompt, "OviGuider")]["inputs"]
@@ -241,10 +225,10 @@ def test_demo_native_workflow_runs_through_core_ksampler(comfy_native, info):
     prompt[one(prompt, "LTXVSeparateAVLatent")]["inputs"]["av_latent"] = [ks, 0]
     mux = one(prompt, "OviMux")
     prompt[mux]["inputs"]["filename_prefix"] = "Ovi/native_ksampler"
-    _check_mp4(comfy_native, run_ok(comfy_native, prompt), mux, "native_ksampler_")
+    _check_mp4(comfy, run_ok(comfy, prompt), mux, "native_ksampler_")
 
 
-def test_native_euler_equals_ovi_sampler_euler_and_uni_pc_is_reported(comfy_native, info):
+def test_native_euler_equals_ovi_sampler_euler_and_uni_pc_is_reported(comfy, info):
     """Item 5: SamplerCustomAdvanced + Ovi Guider + core euler + Ovi Scheduler(euler) == Ovi Sampler(euler) to 1e-5
     (video in Ovi's normalised space, audio as is); Ovi Sampler Select(unipc) == Ovi Sampler(unipc); core uni_pc on
     Ovi's unipc σ list is another solver: its difference is printed."""
@@ -269,10 +253,10 @@ def test_native_euler_equals_ovi_sampler_euler_and_uni_pc_is_reported(comfy_nati
     for node_type in ("OviMux", "SaveVideo", "OviVideoDecode", "OviAudioDecode", "CreateVideo"):
         for node_id in ids_of(exact, node_type):
             del exact[node_id]
-    entry = run_ok(comfy_native, merged(native, exact))
+    entry = run_ok(comfy, merged(native, exact))
 
     def parts(ids, from_exact=False):
-        video, audio = (read_latent(comfy_native, entry, i) for i in (shifted(ids, native) if from_exact else ids))
+        video, audio = (read_latent(comfy, entry, i) for i in (shifted(ids, native) if from_exact else ids))
         return model_space(video), audio.float()
 
     ref = {run: parts(ids, True) for run, ids in exact_ids.items()}
@@ -290,7 +274,7 @@ def test_native_euler_equals_ovi_sampler_euler_and_uni_pc_is_reported(comfy_nati
     assert errors["uni_pc"][0] > 1e-4 and errors["uni_pc_50"][0] > 1e-4  # core uni_pc is another UniPC
 
 
-def test_zero_video_mask_keeps_the_video_bit_for_bit(comfy_native, info):
+def test_zero_video_mask_keeps_the_video_bit_for_bit(comfy, info):
     """Item 6, with core nodes only: the joint latent of a first generation split (LTXVSeparateAVLatent), its video
     part given a zero noise mask (SolidMask 0 + SetLatentNoiseMask), joined again (LTXVConcatAVLatent: nested masks,
     the audio's all ones): the second sampling (another seed) returns the video bit for bit and generates the audio
@@ -311,9 +295,9 @@ def test_zero_video_mask_keeps_the_video_bit_for_bit(comfy_native, info):
     second = add(prompt, "SamplerCustomAdvanced", noise=[noise, 0], guider=sca["guider"], sampler=sca["sampler"],
                  sigmas=sca["sigmas"], latent_image=[masked, 0])
     kept = save_parts(prompt, [second, 0], "mask_second")
-    entry = run_ok(comfy_native, prompt)
-    video_in, audio_in = (read_latent(comfy_native, entry, i) for i in first)
-    video_out, audio_out = (read_latent(comfy_native, entry, i) for i in kept)
+    entry = run_ok(comfy, prompt)
+    video_in, audio_in = (read_latent(comfy, entry, i) for i in first)
+    video_out, audio_out = (read_latent(comfy, entry, i) for i in kept)
     assert torch.equal(video_out, video_in)
     assert torch.isfinite(audio_out).all() and (audio_out - audio_in).abs().max() > 1e-3
     print(f"video kept bit for bit; audio regenerated (max change {(audio_out - audio_in).abs().max():.3g})")
@@ -326,8 +310,8 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_runs_with_other_seeds_do_not_grow_memory(comfy_native, info):
-    if not Path(f"/proc/{comfy_native.proc.pid}/status").exists():
+def test_runs_with_other_seeds_do_not_grow_memory(comfy, info):
+    if not Path(f"/proc/{comfy.proc.pid}/status").exists():
         pytest.skip("no /proc: cannot read the server's resident memory")
     rss = []
     for k in range(5):
@@ -335,8 +319,8 @@ def test_runs_with_other_seeds_do_not_grow_memory(comfy_native, info):
         prompt[one(prompt, "OviNoise")]["inputs"]["seed"] = 1000 + k
         mux = one(prompt, "OviMux")
         prompt[mux]["inputs"]["filename_prefix"] = f"Ovi/native_seed_{k}"
-        _check_mp4(comfy_native, run_ok(comfy_native, prompt), mux, f"native_seed_{k}_")
-        rss.append(_rss_mb(comfy_native.proc.pid))
+        _check_mp4(comfy, run_ok(comfy, prompt), mux, f"native_seed_{k}_")
+        rss.append(_rss_mb(comfy.proc.pid))
     print("server VmRSS after each run (MB): " + ", ".join(f"{r:.1f}" for r in rss))
     assert rss[-1] - rss[1] < RSS_GROWTH_MB, rss
 
@@ -353,12 +337,12 @@ def test_the_native_workflows_are_shipped():
 
 
 @pytest.mark.parametrize("path", REAL_NATIVE, ids=[p.stem for p in REAL_NATIVE])
-def test_real_native_workflow_is_refused_only_for_its_missing_files(comfy_native, info, path):
+def test_real_native_workflow_is_refused_only_for_its_missing_files(comfy, info, path):
     """The server's own validation of the graph as shipped: the one complaint allowed is a model or image file that
     this test server does not have (each named in the workflow's note)."""
     workflow = json.loads(path.read_text())
     note = " ".join(str(n.get("widgets_values")) for n in workflow["nodes"] if n["type"] in FRONTEND_ONLY)
-    status, answer = comfy_native.queue(to_api(workflow, info))
+    status, answer = comfy.queue(to_api(workflow, info))
     assert status == 400, f"{path.name} was accepted by a server without its model files: {answer}"
     for node_id, errors in answer["node_errors"].items():
         for error in errors["errors"]:
@@ -398,15 +382,15 @@ def on_demo_models(prompt: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", ["ovi_native_t2av_720x720_5s.json", "ovi_native_ksampler_t2av_720x720_5s.json"])
-def test_real_native_text_to_av_workflow_runs_on_the_demo_models(comfy_native, info, name):
+def test_real_native_text_to_av_workflow_runs_on_the_demo_models(comfy, info, name):
     prompt = on_demo_models(to_api(json.loads((ROOT / "workflows" / name).read_text()), info))
     mux = one(prompt, "OviMux")
     prompt[mux]["inputs"]["filename_prefix"] = f"Ovi/demo_{Path(name).stem}"
-    _check_mp4(comfy_native, run_ok(comfy_native, prompt), mux, f"demo_{Path(name).stem}_")
+    _check_mp4(comfy, run_ok(comfy, prompt), mux, f"demo_{Path(name).stem}_")
 
 
 # ---- interrupt -----------------------------------------------------------------------------------------------------
-def test_interrupt_stops_a_long_native_run_and_the_next_run_works(comfy_native, info):
+def test_interrupt_stops_a_long_native_run_and_the_next_run_works(comfy, info):
     """/interrupt during a 1000-step SamplerCustomAdvanced run (Ovi's exact unipc) stops it within 2 s."""
     import time
 
@@ -414,16 +398,16 @@ def test_interrupt_stops_a_long_native_run_and_the_next_run_works(comfy_native, 
     prompt[one(prompt, "OviScheduler")]["inputs"]["steps"] = 1000
     prompt[one(prompt, "OviNoise")]["inputs"]["seed"] = 4242
     sca = one(prompt, "SamplerCustomAdvanced")
-    before = cs.files_under(comfy_native.output_dir)
-    ws = comfy_native.websocket()
+    before = cs.files_under(comfy.output_dir)
+    ws = comfy.websocket()
     try:
-        status, answer = comfy_native.queue(prompt)
+        status, answer = comfy.queue(prompt)
         assert status == 200, answer
         pid = answer["prompt_id"]
         ws.wait_for(lambda m: m["type"] == "progress" and m["data"].get("prompt_id") == pid
                     and m["data"]["node"] == sca and m["data"]["value"] >= 3, timeout=120)
         t0 = time.monotonic()
-        comfy_native.interrupt()
+        comfy.interrupt()
         stopped = ws.wait_for(lambda m: m["type"] in ("execution_interrupted", "execution_success", "execution_error")
                               and m["data"].get("prompt_id") == pid, timeout=30)
         latency = time.monotonic() - t0
@@ -433,13 +417,13 @@ def test_interrupt_stops_a_long_native_run_and_the_next_run_works(comfy_native, 
     assert stopped["data"]["node_type"] == "SamplerCustomAdvanced"
     print(f"native interrupt latency {latency:.3f} s")
     assert latency < 2.0
-    comfy_native.wait(pid, timeout=10)
-    assert cs.files_under(comfy_native.output_dir) == before
+    comfy.wait(pid, timeout=10)
+    assert cs.files_under(comfy.output_dir) == before
     prompt = native_demo(info)
     prompt[one(prompt, "OviNoise")]["inputs"]["seed"] = 4243
     mux = one(prompt, "OviMux")
     prompt[mux]["inputs"]["filename_prefix"] = "Ovi/native_after_interrupt"
-    _check_mp4(comfy_native, run_ok(comfy_native, prompt), mux, "native_after_interrupt_")
+    _check_mp4(comfy, run_ok(comfy, prompt), mux, "native_after_interrupt_")
 
 
 # ---- bad inputs to the native nodes ----------------------------------------------------------------------------------
@@ -477,11 +461,11 @@ NATIVE_CASES = [  # (name, change, where, node type, words)
 
 
 @pytest.mark.parametrize("name, change, where, node, words", NATIVE_CASES, ids=[c[0] for c in NATIVE_CASES])
-def test_bad_native_inputs_are_refused_clearly_and_write_nothing(comfy_native, info, name, change, where, node, words):
+def test_bad_native_inputs_are_refused_clearly_and_write_nothing(comfy, info, name, change, where, node, words):
     prompt = native_demo(info)
     change(prompt)
-    before = cs.files_under(comfy_native.output_dir)
-    status, answer = comfy_native.queue(prompt)
+    before = cs.files_under(comfy.output_dir)
+    status, answer = comfy.queue(prompt)
     if where == V:
         assert status == 400, f"accepted: {answer}"
         errors = answer["node_errors"].get(one(prompt, node), {}).get("errors", [])
@@ -489,17 +473,17 @@ def test_bad_native_inputs_are_refused_clearly_and_write_nothing(comfy_native, i
         text = f"{errors[0].get('message', '')}: {errors[0].get('details', '')}"
     else:
         assert status == 200 and not answer["node_errors"], answer
-        entry = comfy_native.wait(answer["prompt_id"], timeout=120)
+        entry = comfy.wait(answer["prompt_id"], timeout=120)
         assert entry["status"]["status_str"] == "error", entry["status"]
         (error,) = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
         assert error["node_type"] == node and error["exception_type"].startswith("ovi_core.errors."), error
         text = error["exception_message"]
     for word in words:
         assert word.lower() in text.lower(), f"{word!r} not in {text!r}"
-    assert cs.files_under(comfy_native.output_dir) == before
+    assert cs.files_under(comfy.output_dir) == before
 
 
-def test_two_stage_sampling_with_ovi_noise_off_equals_one_stage(comfy_native, info):
+def test_two_stage_sampling_with_ovi_noise_off_equals_one_stage(comfy, info):
     """Ovi Noise with add_noise off as the second stage's noise (core DisableNoise makes video-shaped zeros for a joint
     latent, which fails): euler over Ovi's σ list split at step 4 (core SplitSigmas) == one euler run, to 1e-5."""
     prompt = native_demo(info)
@@ -520,8 +504,8 @@ def test_two_stage_sampling_with_ovi_noise_off_equals_one_stage(comfy_native, in
     second = add(prompt, "SamplerCustomAdvanced", noise=[no_noise, 0], guider=sca["guider"], sampler=[euler, 0],
                  sigmas=[split, 1], latent_image=[first, 0])
     staged = save_parts(prompt, [second, 0], "two_stage")
-    entry = run_ok(comfy_native, prompt)
-    (v1, a1), (v2, a2) = ([read_latent(comfy_native, entry, i) for i in ids] for ids in (whole, staged))
+    entry = run_ok(comfy, prompt)
+    (v1, a1), (v2, a2) = ([read_latent(comfy, entry, i) for i in ids] for ids in (whole, staged))
     err_v, err_a = (model_space(v2) - model_space(v1)).abs().max().item(), (a2 - a1).abs().max().item()
     print(f"two stages vs one: video {err_v:.3g}, audio {err_a:.3g}")
     assert err_v < TOL and err_a < TOL and model_space(v1).abs().max() > 0.1

@@ -1,6 +1,7 @@
 """The pack inside a real ComfyUI 0.8 server (CPU, 127.0.0.1), driven through its HTTP API.
 
-One server for the session (tests/comfy_server.py builds its venv once, copies ComfyUI to a temporary folder, links
+The one server of the session, shared with the other test_comfy_* files (tests/conftest.py's ``comfy``;
+tests/comfy_server.py builds its venv once, copies ComfyUI to a temporary folder, links
 this repository as custom_nodes/ComfyUI-Ovi). Checked: every Ovi node is registered, as a V3 node served by
 comfy_entrypoint; the shipped demo workflow runs and writes its mp4; every workflow saved with the V1 nodes
 (tests/data/v1_workflows) converts, validates and runs on the demo models; hostile prompts get ComfyUI's validation error or an Ovi execution error whose message says
@@ -25,15 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_WORKFLOW = ROOT / "workflows" / "ovi_demo_tiny_model.json"
 RAW_TYPES = ("TypeError", "ValueError", "OSError", "KeyError", "AttributeError", "IndexError", "RuntimeError",
              "AssertionError", "ZeroDivisionError", "Traceback")
-
-
-@pytest.fixture(scope="session")
-def comfy(comfy_python, tmp_path_factory):
-    server = cs.start_server(comfy_python, cs.shared_dir() / "ComfyUI", tmp_path_factory.mktemp("comfy"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def demo_prompt() -> dict:
@@ -326,12 +318,15 @@ def test_a_file_that_is_not_weights_is_named_by_the_loader(comfy, loader, name, 
     models = comfy.root / "ComfyUI" / "models" / folder
     models.mkdir(parents=True, exist_ok=True)
     (models / file).write_bytes(GARBAGE)
-    before = cs.files_under(comfy.output_dir)
-    prompt = copy.deepcopy(DEMO)
-    prompt[ID[loader]]["inputs"][name] = file
-    status, answer = comfy.queue(prompt)
-    assert status == 200, answer  # the file is listed: ComfyUI accepts the choice, the loader refuses the file
-    entry = comfy.wait(answer["prompt_id"])
+    try:  # removed again: the real workflows' tests count on their model files being absent from the shared server
+        before = cs.files_under(comfy.output_dir)
+        prompt = copy.deepcopy(DEMO)
+        prompt[ID[loader]]["inputs"][name] = file
+        status, answer = comfy.queue(prompt)
+        assert status == 200, answer  # the file is listed: ComfyUI accepts the choice, the loader refuses the file
+        entry = comfy.wait(answer["prompt_id"])
+    finally:
+        (models / file).unlink()
     (error,) = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
     assert error["node_type"] == loader and error["exception_type"] == "ovi_core.errors.WrongFileError", error
     assert all(w in error["exception_message"] for w in words), error["exception_message"]
