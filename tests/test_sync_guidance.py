@@ -165,3 +165,32 @@ def test_bad_sync_settings_are_refused(tiny_fusion, texts_and_kw):
     with pytest.raises(OviInputError, match="sync_cut"):
         SamplingSettings(sync_cut="audio")
     assert SamplingSettings(sync_guidance=1.0, sync_cut="video_to_audio").as_kwargs()["sync_cut"] == "video_to_audio"
+
+
+# ---- the Ovi Sampler node and the CLI ------------------------------------------------------------------------------
+def test_ovi_sampler_node_sync_inputs():
+    """Optional inputs, default 0 = off: leaving them out (an old workflow) is bit-identical to sync 0; > 0 changes
+    the clip; the CLI takes --sync-guidance / --sync-cut."""
+    from nodes.bridge import DEMO_ENTRY
+    from ovi_core.cli import build_parser
+    from tests.test_nodes import PROMPT, M, run, sample, short
+
+    (model,) = run("OviModelLoader", model_name=DEMO_ENTRY, variant="auto", weight_dtype="auto", attention="sdpa",
+                   memory_mode="all on GPU", swap_blocks=0)
+    short(model)
+    (te,) = run("OviTextEncoderLoader", text_encoder_name=DEMO_ENTRY, precision="auto")
+    text, *_ = run("OviTextEncode", text_encoder=te, prompt=PROMPT, video_negative="blur", audio_negative="echo",
+                   variant="720x720_5s")
+    old = sample(model, text)
+    off = sample(model, text, sync_guidance=0.0, sync_cut="video_to_audio")
+    on = sample(model, text, sync_guidance=1.0, sync_cut="both")
+    assert all(torch.equal(a["samples"], b["samples"]) for a, b in zip(old, off))
+    assert all((a["samples"] - b["samples"]).abs().max() > 1e-3 for a, b in zip(old, on))
+    optional = M["OviSampler"].INPUT_TYPES()["optional"]
+    assert optional["sync_guidance"][1]["default"] == 0.0 and optional["sync_cut"][1]["tooltip"]
+    with pytest.raises(OviInputError, match="sync_guidance"):
+        sample(model, text, sync_guidance=float("nan"))
+
+    args = build_parser().parse_args(["generate", "--demo", "--prompt", "x", "--sync-guidance", "1.5",
+                                      "--sync-cut", "audio_to_video"])
+    assert (args.sync_guidance, args.sync_cut) == (1.5, "audio_to_video")
