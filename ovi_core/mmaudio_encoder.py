@@ -43,6 +43,8 @@ from .mmaudio_vae import (
     ResBlock1d,
     _is_comfy_layout,
     _mp_silu,
+    fill_demo_weights_,
+    load_vae_half_,
     normalize_mp_weight,
 )
 from .wan_vae import describe_checkpoint
@@ -302,23 +304,7 @@ def audio_encoder_from_state_dict(
     if cfg.data_dim != 80:
         raise WrongFileError(f"{source} has {cfg.data_dim} mel bins; only MMAudio's 16 kHz (80-bin) VAE is supported")
     model = AudioEncoder(cfg)
-    wanted = model.state_dict()
-    enc_sd = {k: v for k, v in sd.items() if k.startswith("encoder.")}
-    for name in ("data_mean", "data_std"):
-        if name in sd:
-            enc_sd[name] = sd[name].reshape(1, -1, 1)
-        else:
-            logger.info("%s has no %s; using the released MMAudio 80-bin statistics", source, name)
-            enc_sd[name] = wanted[name]
-    missing = sorted(set(wanted) - set(enc_sd))
-    if missing:
-        raise WrongFileError(
-            f"{source} is missing {len(missing)} VAE encoder tensors (e.g. {missing[0]}); the file is incomplete"
-        )
-    try:
-        model.load_state_dict({k: v.float() for k, v in enc_sd.items()}, strict=True)
-    except RuntimeError as exc:
-        raise WrongFileError(f"{source} does not match the MMAudio VAE encoder layout: {str(exc)[:300]}") from exc
+    load_vae_half_(model, sd, "encoder", source, extra_ok=False)
     if not normalized:
         model.normalize_weights_()  # in float32, before any cast
     model.encoder.to(dtype)  # the mel front end and the statistics stay float32
@@ -348,13 +334,7 @@ def build_demo_audio_encoder(
     """A tiny MMAudio-shaped audio encoder (hidden 16) with deterministic weights, no file: the encoder half that
     goes with mmaudio_vae.build_demo_audio_decoder (shapes only; its weights are not trained to invert it)."""
     g = torch.Generator().manual_seed(seed)
-    enc = AudioEncoder(MelVAEConfig.tiny())
-    with torch.no_grad():
-        for name, p in enc.named_parameters():
-            if name.endswith("learnable_gain"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+    enc = fill_demo_weights_(AudioEncoder(MelVAEConfig.tiny()), g)
     enc.normalize_weights_().eval().requires_grad_(False)
     enc.encoder.to(dtype)
     return enc.to(device)

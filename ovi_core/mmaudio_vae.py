@@ -418,6 +418,44 @@ def _is_comfy_layout(sd: dict) -> bool:
     return "vae." + _VAE_MARKER in sd and any(k.startswith("vocoder.") for k in sd)
 
 
+def load_vae_half_(model: nn.Module, sd: dict, half: str, source: str, extra_ok: bool) -> None:
+    """Load one half of MMAudio's VAE into ``model`` in float32: the ``{half}.*`` tensors (half = "encoder" or
+    "decoder") and the mel statistics ``data_mean`` / ``data_std`` (the released 80-bin ones where the file has none).
+    Missing tensors or another layout raise WrongFileError naming ``source``; ``{half}.*`` tensors the model does not
+    have are ignored where ``extra_ok``, a layout error otherwise."""
+    wanted = model.state_dict()
+    half_sd = {k: v for k, v in sd.items() if k.startswith(half + ".")}
+    for name in ("data_mean", "data_std"):
+        if name in sd:
+            half_sd[name] = sd[name].reshape(1, -1, 1)
+        else:
+            logger.info("%s has no %s; using the released MMAudio 80-bin statistics", source, name)
+            half_sd[name] = wanted[name]
+    missing = sorted(set(wanted) - set(half_sd))
+    if missing:
+        raise WrongFileError(
+            f"{source} is missing {len(missing)} VAE {half} tensors (e.g. {missing[0]}); the file is incomplete"
+        )
+    if extra_ok:
+        half_sd = {k: half_sd[k] for k in wanted}
+    try:
+        model.load_state_dict({k: v.float() for k, v in half_sd.items()}, strict=True)
+    except RuntimeError as exc:
+        raise WrongFileError(f"{source} does not match the MMAudio VAE {half} layout: {str(exc)[:300]}") from exc
+
+
+def fill_demo_weights_(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Deterministic demo weights for a tiny MMAudio-shaped VAE half: gains 0.1·N(0, 1), every other weight
+    N(0, 1) / sqrt(fan-in)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("learnable_gain"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator))
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(p[0].numel()))
+    return module
+
+
 def mel_vae_from_state_dict(
     sd: dict, dtype: torch.dtype = torch.float32, normalized: bool = False, source: str = "audio VAE"
 ) -> MelVAEDecoder:
@@ -432,23 +470,7 @@ def mel_vae_from_state_dict(
     if cfg.data_dim != 80:
         raise WrongFileError(f"{source} has {cfg.data_dim} mel bins; only MMAudio's 16 kHz (80-bin) VAE is supported")
     model = MelVAEDecoder(cfg)
-    wanted = model.state_dict()
-    decoder_sd = {k: v for k, v in sd.items() if k.startswith("decoder.")}
-    for name in ("data_mean", "data_std"):
-        if name in sd:
-            decoder_sd[name] = sd[name].reshape(1, -1, 1)
-        else:
-            logger.info("%s has no %s; using the released MMAudio 80-bin statistics", source, name)
-            decoder_sd[name] = wanted[name]
-    missing = sorted(set(wanted) - set(decoder_sd))
-    if missing:
-        raise WrongFileError(
-            f"{source} is missing {len(missing)} VAE decoder tensors (e.g. {missing[0]}); the file is incomplete"
-        )
-    try:
-        model.load_state_dict({k: decoder_sd[k].float() for k in wanted}, strict=True)
-    except RuntimeError as exc:
-        raise WrongFileError(f"{source} does not match the MMAudio VAE layout: {str(exc)[:300]}") from exc
+    load_vae_half_(model, sd, "decoder", source, extra_ok=True)
     if not normalized:
         model.normalize_weights_()  # in float32, before any cast
     return model.to(dtype).eval().requires_grad_(False)
@@ -499,12 +521,6 @@ def build_demo_audio_decoder(
 ) -> AudioDecoder:
     """A tiny MMAudio-shaped audio decoder (hidden 16, vocoder 64 channels) with deterministic weights, no file."""
     g = torch.Generator().manual_seed(seed)
-    vae = MelVAEDecoder(MelVAEConfig.tiny())
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if name.endswith("learnable_gain"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+    vae = fill_demo_weights_(MelVAEDecoder(MelVAEConfig.tiny()), g)
     vae.normalize_weights_().eval().requires_grad_(False)
     return AudioDecoder(vae, build_demo_vocoder(seed + 1)).to(device, dtype)
