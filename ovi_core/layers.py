@@ -48,7 +48,7 @@ class Conv3d(nn.Conv3d, ComputeDtype):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
-        return self._conv_forward(_cast(x, cd), _cast(self.weight, cd), _cast(self.bias, cd))
+        return self._conv_forward(_cast(x, cd), _cast(self.weight, cd, x.device), _cast(self.bias, cd, x.device))
 
     def patch_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """[B, C, F, H, W] -> tokens [B, F'*H'*W', out] in (frame, row, col) order, and the grid (F', H', W').
@@ -62,8 +62,8 @@ class Conv3d(nn.Conv3d, ComputeDtype):
         # channel-last first (one transpose), then each patch's (pt, ph, pw, C) values side by side: runs of pw*C
         x = _cast(x, cd).permute(0, 2, 3, 4, 1).reshape(b, grid[0], pt, grid[1], ph, grid[2], pw, c)
         patches = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, grid[0] * grid[1] * grid[2], pt * ph * pw * c)
-        weight = _cast(self.weight, cd).permute(0, 2, 3, 4, 1).reshape(self.out_channels, -1)  # (kt, kh, kw, in)
-        return F.linear(patches, weight, _cast(self.bias, cd)), grid
+        weight = _cast(self.weight, cd, x.device).permute(0, 2, 3, 4, 1).reshape(self.out_channels, -1)  # (kt, kh, kw, in)
+        return F.linear(patches, weight, _cast(self.bias, cd, x.device)), grid
 
 
 class ChannelLastConv1d(nn.Conv1d, ComputeDtype):
@@ -71,7 +71,8 @@ class ChannelLastConv1d(nn.Conv1d, ComputeDtype):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
-        y = self._conv_forward(_cast(x, cd).transpose(1, 2), _cast(self.weight, cd), _cast(self.bias, cd))
+        y = self._conv_forward(_cast(x, cd).transpose(1, 2), _cast(self.weight, cd, x.device),
+                               _cast(self.bias, cd, x.device))
         return y.transpose(1, 2)
 
 

@@ -256,3 +256,18 @@ def test_patch_embedding_matmul_equals_the_convolution(dtype):
     assert grid == tuple(ref.shape[2:]) and tokens.dtype == dtype
     torch.testing.assert_close(tokens, ref.flatten(2).transpose(1, 2), atol=1e-5 if dtype == torch.float32 else 2e-2,
                                rtol=0 if dtype == torch.float32 else 1e-2)
+
+
+def test_forward_computes_on_the_inputs_device_not_the_parameters():
+    """ComfyUI's lowvram keeps some parameters (modulation tables, norms) in RAM while the forward runs on the GPU:
+    every parameter must follow the input's device. Parameters on the CPU, latents and text on the meta device: the
+    whole forward (I2V, SLG rows, a clean audio prefix, a fusion cut) runs on meta."""
+    model = OviFusion(FusionConfig.tiny())
+    video, audio = torch.empty(2, 48, 3, 4, 4, device="meta"), torch.empty(2, 13, 20, device="meta")
+    ctx = torch.empty(2, 5, 4096, device="meta")
+    text = model.prepare_text(ctx, ctx, device="meta")
+    v, a = model(video, audio, torch.tensor([999, 999]), text=text, first_frame_is_clean=True, slg_layer=1,
+                 skip_mask=torch.tensor([False, True]), audio_t=torch.tensor([500.0, 500.0]), clean_audio_steps=2,
+                 fusion_cut="audio_to_video")
+    assert v.device.type == a.device.type == "meta" and v.shape == video.shape and a.shape == audio.shape
+    assert model.device.type == "cpu"
