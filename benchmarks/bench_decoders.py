@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -23,18 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from benchmarks._common import peak_mb, status_mb  # noqa: E402
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -54,7 +42,7 @@ def run_video(args) -> dict:
     h, w = _pair(args.latent)
     z = torch.randn(1, 48, args.video_frames, h, w, generator=torch.Generator().manual_seed(0))
     tile = _pair(args.tile) if args.tile_run else None
-    before = _rss_mb()
+    before = status_mb("VmRSS")
     t = time.perf_counter()
     frames = vae.decode(z, tile=tile, tile_overlap=args.overlap)
     seconds = time.perf_counter() - t
@@ -63,7 +51,7 @@ def run_video(args) -> dict:
         "shape": list(frames.shape),
         "seconds": round(seconds, 2),
         "rss_before_mb": round(before, 1),
-        "peak_rss_mb": round(_peak_mb(), 1),
+        "peak_rss_mb": round(peak_mb(), 1),
         "output_mb": round(frames.numel() * 4 / 2**20, 1),
     }
 
@@ -84,7 +72,7 @@ def run_audio(args) -> dict:
     vae.normalize_weights_()
     decoder = AudioDecoder(vae.eval(), voc.eval())
     z = torch.randn(1, 20, args.audio_latents, generator=g)
-    before = _rss_mb()
+    before = status_mb("VmRSS")
     t = time.perf_counter()
     mel = decoder.decode_mel(z)
     t_mel = time.perf_counter() - t
@@ -96,7 +84,7 @@ def run_audio(args) -> dict:
         "seconds": round(seconds, 2),
         "vae_seconds": round(t_mel, 2),
         "rss_before_mb": round(before, 1),
-        "peak_rss_mb": round(_peak_mb(), 1),
+        "peak_rss_mb": round(peak_mb(), 1),
         "audio_seconds": round(wav.shape[-1] / 16000, 3),
     }
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,51 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) so that the import's transient peak does not hide the load's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-# ---- the synthetic checkpoint -------------------------------------------------------------------------------------
-def write_checkpoint(path: Path, dim: int, ffn: int, heads: int, layers: int) -> int:
-    """Cheap random bf16 tensors with the released key names and shapes; returns the parameter count."""
-    import torch
-    from safetensors.torch import save_file
-
-    from ovi_core.config import FusionConfig
-    from ovi_core.fusion import OviFusion
-
-    cfg = FusionConfig.scaled(dim=dim, ffn_dim=ffn, num_heads=heads, num_layers=layers)
-    with torch.device("meta"):
-        model = OviFusion(cfg)
-    gen = torch.Generator().manual_seed(0)
-    tensors, count = {}, 0
-    for name, p in model.state_dict(keep_vars=True).items():
-        t = torch.empty(p.shape, dtype=torch.bfloat16)
-        t.normal_(0.0, 0.02, generator=gen) if p.dim() > 1 else t.fill_(1.0 if name.endswith("weight") else 0.0)
-        tensors[name] = t
-        count += t.numel()
-    save_file(tensors, str(path), metadata={"ovi_config": json.dumps(cfg.to_reference_json())})
-    return count
+from benchmarks._common import peak_mb, reset_peak, status_mb, touch_weights, write_checkpoint  # noqa: E402
 
 
 # ---- children ------------------------------------------------------------------------------------------------------
@@ -86,8 +41,8 @@ def child(mode: str, path: str) -> dict:
     from ovi_core.weights import config_from_checkpoint, inspect_checkpoint, load_fusion_model
 
     torch.set_num_threads(1)
-    reset = _reset_peak()
-    before = _status_mb("VmRSS")
+    reset = reset_peak()
+    before = status_mb("VmRSS")
     start = time.perf_counter()
     if mode == "baseline":
         cfg = config_from_checkpoint(inspect_checkpoint(path))
@@ -113,14 +68,10 @@ def child(mode: str, path: str) -> dict:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - start
     if mode != "baseline":
-        # read one element per 4 KiB page of every weight, as a forward pass would: tensors that are still backed by
-        # the file's memory map (load_file + assign) only become resident when they are used
-        with torch.no_grad():
-            for p in model.parameters():
-                p.detach().reshape(-1)[:: 4096 // p.element_size()].float().sum()
-    return {"mode": mode, "peak_mb": _peak_mb(), "seconds": seconds, "rss_before_mb": before,
-            "load_peak_mb": (_status_mb("VmHWM") if reset else _peak_mb()) - before, "rss_after_mb": _status_mb("VmRSS"),
-            "anon_mb": _status_mb("RssAnon"), "file_mb": _status_mb("RssFile")}
+        touch_weights(model)  # tensors still backed by the file's memory map (load_file + assign) are read now
+    return {"mode": mode, "peak_mb": peak_mb(), "seconds": seconds, "rss_before_mb": before,
+            "load_peak_mb": (status_mb("VmHWM") if reset else peak_mb()) - before, "rss_after_mb": status_mb("VmRSS"),
+            "anon_mb": status_mb("RssAnon"), "file_mb": status_mb("RssFile")}
 
 
 def run_child(mode: str, path: Path, *extra: str) -> dict:
@@ -179,7 +130,7 @@ def main() -> None:
     if args.child:
         if args.child[0] == "write":  # in a child too: a big parent would pass its peak RSS on to later children
             _, path, dim, ffn, heads, layers = args.child
-            print(json.dumps({"params": write_checkpoint(Path(path), int(dim), int(ffn), int(heads), int(layers))}))
+            print(json.dumps({"params": write_checkpoint(Path(path), int(dim), int(ffn), int(heads), int(layers))["params"]}))
         else:
             print(json.dumps(child(*args.child)))
         return

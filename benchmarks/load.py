@@ -30,24 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import reset_peak, status_mb, touch_weights, write_checkpoint  # noqa: E402
+
 CHUNK = 64 * 2**20
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def evict(path: Path) -> None:
@@ -60,31 +45,6 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-# ---- the synthetic checkpoints ----------------------------------------------------------------------------------
-def write_checkpoint(path: Path, dim: int, ffn: int, heads: int, layers: int, fp8: bool) -> dict:
-    import torch
-    from safetensors.torch import save_file
-
-    from ovi_core.config import FusionConfig
-    from ovi_core.fusion import OviFusion
-
-    cfg = FusionConfig.scaled(dim=dim, ffn_dim=ffn, num_heads=heads, num_layers=layers)
-    with torch.device("meta"):
-        model = OviFusion(cfg)
-    gen = torch.Generator().manual_seed(0)
-    tensors, block = {}, 0
-    for name, p in model.state_dict(keep_vars=True).items():
-        t = torch.empty(p.shape, dtype=torch.bfloat16)
-        t.normal_(0.0, 0.02, generator=gen) if p.dim() > 1 else t.fill_(1.0 if name.endswith("weight") else 0.0)
-        if fp8 and ".blocks." in name and t.dim() == 2:
-            t = t.to(torch.float8_e4m3fn)
-        tensors[name] = t
-        if ".blocks.0." in name:  # one fused block = block 0 of both towers
-            block += t.numel() * t.element_size()
-    save_file(tensors, str(path), metadata={"ovi_config": json.dumps(cfg.to_reference_json())})
-    return {"params": sum(t.numel() for t in tensors.values()), "block_bytes": block}
-
-
 # ---- children ------------------------------------------------------------------------------------------------------
 def child(mode: str, path: str) -> dict:
     import torch
@@ -92,8 +52,8 @@ def child(mode: str, path: str) -> dict:
     torch.set_num_threads(1)
     from ovi_core.weights import load_fusion_model
 
-    reset = _reset_peak()
-    before = _status_mb("VmRSS")
+    reset = reset_peak()
+    before = status_mb("VmRSS")
     start = time.perf_counter()
     touched = None
     if mode == "read":
@@ -111,14 +71,12 @@ def child(mode: str, path: str) -> dict:
             return {"mode": mode, "skipped": True}
         model, _ = load_fusion_model(path, dtype=torch.bfloat16, **kw)
         seconds = time.perf_counter() - start
-        with torch.no_grad():  # one element per 4 KiB page of every weight, as a forward would read them
-            for p in model.parameters():
-                p.detach().reshape(-1)[:: 4096 // p.element_size()].float().sum()
+        touch_weights(model)
         touched = time.perf_counter() - start
     return {"mode": mode, "seconds": seconds, "touched": touched,
-            "peak_mb": (_status_mb("VmHWM") if reset else float("nan")) - before,
-            "rss_after_mb": _status_mb("VmRSS") - before, "file_mb": _status_mb("RssFile"),
-            "anon_mb": _status_mb("RssAnon")}
+            "peak_mb": (status_mb("VmHWM") if reset else float("nan")) - before,
+            "rss_after_mb": status_mb("VmRSS") - before, "file_mb": status_mb("RssFile"),
+            "anon_mb": status_mb("RssAnon")}
 
 
 def run_child(*args: str) -> dict:

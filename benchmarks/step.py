@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import peak_mb, reset_peak, status_mb  # noqa: E402
 
 SHAPES = {  # name: (dim, layers, video latent (F, h, w), audio tokens)
     "small": (512, 3, (5, 16, 16), 40),
@@ -49,23 +49,6 @@ ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_sc
                  "aten::_scaled_dot_product_cudnn_attention")
 CONV_OPS = ("aten::mkldnn_convolution", "aten::_convolution_mode", "aten::_slow_conv2d_forward",
             "aten::slow_conv3d_forward", "aten::_nnpack_spatial_convolution", "aten::convolution_overrideable")
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def build(shape: str, dtype_name: str):
@@ -172,22 +155,22 @@ def run_shape(shape: str, threads: int, repeats: int, dtype_name: str) -> dict:
     model, step, tokens, cfg = build(shape, dtype_name)
     with torch.no_grad():
         step()  # warm-up (allocator, oneDNN primitives)
-        rss_before = _status_mb("VmRSS")
-        reset = _reset_peak()
+        rss_before = status_mb("VmRSS")
+        reset = reset_peak()
         walls, cpus = [], []
         for _ in range(repeats):
             w0, c0 = time.perf_counter(), time.process_time()
             step()
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
-        step_peak = (_status_mb("VmHWM") - rss_before) if reset else float("nan")
+        step_peak = (status_mb("VmHWM") - rss_before) if reset else float("nan")
         prof = min((profile_share(step) for _ in range(2)), key=lambda p: p["profiled_wall"])
         floor, floor_cpu = replay_seconds(record_kernels(step), repeats)
     best = min(range(repeats), key=lambda i: walls[i])
     return {"shape": shape, "dim": cfg.video.dim, "layers": cfg.num_layers, "tokens": tokens, "threads": threads,
             "dtype": dtype_name, "step_ms": 1000 * walls[best], "cpu_ms": 1000 * min(cpus),
             "floor_ms": 1000 * floor, "floor_cpu_ms": 1000 * floor_cpu, **prof, "step_peak_mb": step_peak,
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "maxrss_mb": peak_mb(),
             "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20}
 
 
