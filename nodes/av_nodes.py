@@ -380,7 +380,8 @@ def _with_shift(model, shift: float):
     return patched
 
 
-def sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, latent):
+def sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, latent,
+                  sync_guidance: float = 0.0, sync_cut: str = "both"):
     """A joint LATENT whose noise_mask holds a whole modality or a leading run (V2A, A2V): the native path with Ovi's
     exact solver (ovi_sampler), Ovi's noise for the seed and Ovi's guidance — what SamplerCustomAdvanced + Ovi Guider
     + Ovi Sampler Select + Ovi Scheduler + Ovi Noise compute. Kept elements come back bit for bit.
@@ -389,7 +390,7 @@ def sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio
 
     patched = _with_shift(model, float(shift)).clone()
     patched.model_options.setdefault("transformer_options", {})[native.SLG_OPTION] = max(int(slg_layer), 0)
-    guider = native.OviGuider(patched, video_guidance, audio_guidance)
+    guider = native.OviGuider(patched, video_guidance, audio_guidance, sync_guidance, sync_cut)
     guider.set_conds(states_to_conditioning(text.positive), states_to_conditioning(text.video_negative),
                      states_to_conditioning(text.audio_negative))
     noise = native.OviNoise(seed).generate_noise(latent)

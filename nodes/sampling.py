@@ -149,15 +149,12 @@ def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_g
                     raise OviInputError(f"{name} must be a finite number, got {value!r}")
             if slg_layer >= fusion.cfg.num_layers:
                 raise OviInputError(f"slg_layer {slg_layer} is past the model's {fusion.cfg.num_layers} fused blocks")
-            if sync_guidance > 0:
-                raise OviInputError("sync_guidance with a latent holding audio or video: use SamplerCustomAdvanced "
-                                    "with Ovi Guider (its sync_guidance input), or set sync_guidance to 0 here")
             log.info("Ovi Sampler: the latent's noise mask holds audio or video: sampling on the native path "
                      "(Ovi's %s solver, kept parts returned bit for bit)", solver)
             from .av_nodes import sample_masked  # ComfyUI only
 
             return sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer,
-                                 latent)
+                                 latent, sync_guidance, sync_cut)
         width, height = video.shape[4] * 16, video.shape[3] * 16
         variant = dataclasses.replace(variant, video_latent_length=video.shape[2], audio_latent_length=audio.shape[2])
     if (msg := check_size(width, height, variant.target_area, f"the {variant.name} model")) is not None:

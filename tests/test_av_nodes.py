@@ -254,10 +254,12 @@ def test_parts_refuse_inconsistent_input(audio_vae):
 
 
 # ---- Ovi Sampler takes the held parts too (the native path inside) -------------------------------------------------
-@pytest.mark.parametrize("held", ["video", "audio"])
-def test_ovi_sampler_honours_held_parts_as_the_native_graph(fusion, texts, custom_sampler, video_vae, audio_vae, held):
+@pytest.mark.parametrize("held,sync", [("video", 0.0), ("audio", 0.0), ("audio", 1.5)])
+def test_ovi_sampler_honours_held_parts_as_the_native_graph(fusion, texts, custom_sampler, video_vae, audio_vae, held,
+                                                            sync):
     """Ovi Sampler with a V2A / A2V latent == SamplerCustomAdvanced + Ovi Guider + Ovi Sampler Select + Ovi Scheduler +
-    Ovi Noise (same seed, solver, cfg, skip layer): the held part bit for bit, the generated one to 1e-6."""
+    Ovi Noise (same seed, solver, cfg, skip layer, sync guidance): the held part bit for bit, the generated one to
+    1e-6. With sync guidance (the lip-sync knob, A2V's use case) the video must differ from the run without it."""
     sampling = _load_nodes_module("sampling")
     model = _one(loaders.OviModelLoader.execute(model_name=DEMO, variant="auto", weight_dtype="auto",
                                                 attention="sdpa"))
@@ -272,9 +274,10 @@ def test_ovi_sampler_honours_held_parts_as_the_native_graph(fusion, texts, custo
     negative = [[texts.video_negative[None], {native.AUDIO_CONTEXT_KEY: texts.audio_negative[None]}]]
     video, audio, joint = _out(sampling.OviSampler.execute(
         model=model, seed=SEED, steps=STEPS, solver="unipc", shift=5.0, video_guidance=4.0, audio_guidance=3.0,
-        slg_layer=1, width=SIDE, height=SIDE, positive=positive, negative=negative, latent=latent))
+        slg_layer=1, width=SIDE, height=SIDE, positive=positive, negative=negative, latent=latent,
+        sync_guidance=sync, sync_cut="both"))
     guider = _one(nn.OviGuider.execute(model=model, positive=positive, negative=negative, video_cfg=4.0,
-                                       audio_cfg=3.0, skip_layer=1))
+                                       audio_cfg=3.0, skip_layer=1, sync_guidance=sync, sync_cut="both"))
     ref, _ = _out(custom_sampler.SamplerCustomAdvanced.execute(
         _one(nn.OviNoise.execute(seed=SEED, add_noise=True)), guider, _one(nn.OviSamplerSelect.execute(solver="unipc")),
         _one(nn.OviScheduler.execute(solver="unipc", steps=STEPS, shift=5.0)), latent))
@@ -285,6 +288,11 @@ def test_ovi_sampler_honours_held_parts_as_the_native_graph(fusion, texts, custo
     else:
         assert torch.equal(audio["samples"], kept_a) and (video["samples"] - ref_v).abs().max() < 1e-6
     assert all(torch.equal(x, y) for x, y in zip(joint["samples"].unbind(), (video["samples"], audio["samples"])))
+    if sync:
+        plain, _, _ = _out(sampling.OviSampler.execute(
+            model=model, seed=SEED, steps=STEPS, solver="unipc", shift=5.0, video_guidance=4.0, audio_guidance=3.0,
+            slg_layer=1, width=SIDE, height=SIDE, positive=positive, negative=negative, latent=latent))
+        assert (video["samples"] - plain["samples"]).abs().max() > 1e-3
 
 
 def test_ovi_sampler_held_parts_with_another_shift(video_vae, texts):
