@@ -15,6 +15,14 @@ the video<->audio fusion attention cut (``sync_cut``: "both", "audio_to_video" =
 audio, "video_to_audio" = the audio tower does not see the video; no SLG), and each modality whose input was cut is
 pushed away from it: v = v_guided + s·(v_pos − v_cut). s = 0 runs no extra pass: today's numbers exactly.
 
+Step cache (the speed knob, off by default): with ``cache_threshold`` > 0 a step may reuse the previous step's guided
+velocities instead of running the model (all its passes: positive, negative, sync). Each modality keeps its own
+estimate of how much its velocity changes per step (relative mean absolute change between the last two computed
+steps); the estimates accumulate over skipped steps, and a step is skipped only while both accumulated changes stay
+below the threshold — audio settles earlier than video, so a joint measure would let the (small) audio latent change
+unnoticed under the video's. The first two steps and the last run always. 0 = off: today's numbers exactly.
+docs/speed.md measures forwards saved against quality.
+
 Same numbers, less work than the reference: the two passes run as one batch of two (the skipped block applies
 to the negative row only, ``skip_mask=[False, True]``), and the text embeddings plus every cross-attention's
 text keys/values are computed once per generation (``model.prepare_text``). ``batched_cfg=False,
@@ -62,11 +70,13 @@ class SamplingSettings:
     seed: int = 103
     sync_guidance: float = 0.0  # 0 = off (no extra pass)
     sync_cut: str = "both"  # "both" | "audio_to_video" | "video_to_audio"
+    cache_threshold: float = 0.0  # step cache: 0 = off (every step runs the model)
 
     def __post_init__(self):
         check_settings(self.solver, self.steps, self.shift, self.video_guidance, self.audio_guidance,
                        self.slg_layer, self.seed)
         check_sync(self.sync_guidance, self.sync_cut)
+        check_cache_threshold(self.cache_threshold)
 
     def as_kwargs(self) -> dict:
         return asdict(self)
@@ -129,6 +139,13 @@ def check_sync(scale, cut) -> None:
     if cut not in SYNC_CUTS:
         raise OviInputError(f"sync_cut must be one of {', '.join(SYNC_CUTS)} (which fusion direction the sync pass "
                             f"cuts: audio_to_video = the video stops seeing the audio), got {cut!r}")
+
+
+def check_cache_threshold(threshold) -> None:
+    """Raise OviInputError for a bad step-cache threshold."""
+    if not _is_number(threshold) or threshold < 0:
+        raise OviInputError(f"cache_threshold must be a number >= 0 (0 = off; 0.05-0.2 skips steps whose velocities "
+                            f"barely change), got {threshold!r}")
 
 
 def sync_targets(cut: str) -> tuple[bool, bool]:
@@ -256,6 +273,46 @@ class _GuidancePasses:
             torch.cuda.empty_cache()
 
 
+# ---- the step cache ----------------------------------------------------------------------------------------------
+def _relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
+    return float((new - old).abs().mean() / old.abs().mean().clamp_min(1e-12))
+
+
+class StepCache:
+    """Decides per step whether the model runs or the previous guided velocities are reused (module docstring).
+
+    ``skipped``: steps that reused the velocities; ``rates``: the last measured per-step relative change of the video
+    and audio velocities."""
+
+    def __init__(self, threshold: float, steps: int):
+        check_cache_threshold(threshold)
+        self.threshold, self.steps = float(threshold), steps
+        self.skipped = 0
+        self.last = None  # (step, video velocity, audio velocity) of the last computed step
+        self.rates = None  # (video, audio) relative change per step
+        self.accumulated = [0.0, 0.0]
+
+    def reuse(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The velocities to reuse at step i, or None: run the model."""
+        if self.threshold <= 0 or self.rates is None or i == self.steps - 1:
+            return None
+        grown = [acc + rate for acc, rate in zip(self.accumulated, self.rates)]
+        if max(grown) >= self.threshold:
+            return None
+        self.accumulated = grown
+        self.skipped += 1
+        return self.last[1], self.last[2]
+
+    def computed(self, i: int, video: torch.Tensor, audio: torch.Tensor) -> None:
+        """Step i ran the model and gave these guided velocities."""
+        if self.threshold <= 0:
+            return
+        if self.last is not None:
+            gap = i - self.last[0]
+            self.rates = (_relative_change(video, self.last[1]) / gap, _relative_change(audio, self.last[2]) / gap)
+        self.last, self.accumulated = (i, video, audio), [0.0, 0.0]
+
+
 # ---- the loop ----------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_joint(
@@ -280,6 +337,8 @@ def sample_joint(
     cache_text: bool = True,
     sync_guidance: float = 0.0,
     sync_cut: str = "both",
+    cache_threshold: float = 0.0,
+    cache: StepCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one clip with Ovi's joint loop; returns float32 latents video [1, 48, F, h, w], audio [1, L, 20].
 
@@ -295,9 +354,12 @@ def sample_joint(
       between the model's blocks.
     batched_cfg / cache_text: see the module docstring; both False = the reference's loop.
     sync_guidance / sync_cut: the lip-sync knob (module docstring); 0 = off, no extra pass.
+    cache_threshold: the step cache (module docstring); 0 = off. ``cache``: a StepCache to use instead (to read its
+      ``skipped`` count afterwards); it overrides ``cache_threshold``.
     """
     check_settings(solver, steps, shift, video_guidance, audio_guidance, slg_layer, seed, _num_layers(model))
     check_sync(sync_guidance, sync_cut)
+    cache = StepCache(cache_threshold, steps) if cache is None else cache
     if not isinstance(text, PromptEmbeddings):
         raise OviInputError(
             f"text must be a PromptEmbeddings (prompt, video negative, audio negative), got {type(text).__name__}"
@@ -343,14 +405,19 @@ def sample_joint(
             video = _with_first_frame(video, first)
         t = torch.full((1,), sched_v.timesteps[i].item(), dtype=sched_v.timesteps.dtype, device=device)
 
-        pos_v, neg_v, pos_a, neg_a = passes(video, audio, t)
-        guided_v = neg_v + video_guidance * (pos_v - neg_v)
-        guided_a = neg_a + audio_guidance * (pos_a - neg_a)
-        if sync_guidance > 0:  # v += s·(v_pos − v_cut) on the modalities whose input the cut pass removed
-            cut_v, cut_a = passes.cut(video, audio, t, sync_cut)
-            push_v, push_a = sync_targets(sync_cut)
-            guided_v = guided_v + sync_guidance * (pos_v - cut_v) if push_v else guided_v
-            guided_a = guided_a + sync_guidance * (pos_a - cut_a) if push_a else guided_a
+        reused = cache.reuse(i)
+        if reused is not None:
+            guided_v, guided_a = reused
+        else:
+            pos_v, neg_v, pos_a, neg_a = passes(video, audio, t)
+            guided_v = neg_v + video_guidance * (pos_v - neg_v)
+            guided_a = neg_a + audio_guidance * (pos_a - neg_a)
+            if sync_guidance > 0:  # v += s·(v_pos − v_cut) on the modalities whose input the cut pass removed
+                cut_v, cut_a = passes.cut(video, audio, t, sync_cut)
+                push_v, push_a = sync_targets(sync_cut)
+                guided_v = guided_v + sync_guidance * (pos_v - cut_v) if push_v else guided_v
+                guided_a = guided_a + sync_guidance * (pos_a - cut_a) if push_a else guided_a
+            cache.computed(i, guided_v, guided_a)
 
         if callback is not None:
             denoised = sched_v.denoised(guided_v, video), sched_a.denoised(guided_a, audio)
@@ -361,6 +428,9 @@ def sample_joint(
 
     if first is not None:
         video = _with_first_frame(video, first)
+    if cache.skipped:
+        logger.info("Ovi step cache (threshold %g): %d of %d steps reused the previous velocities (%.2fx fewer "
+                    "forwards)", cache.threshold, cache.skipped, steps, steps / (steps - cache.skipped))
     return video, audio
 
 
@@ -376,7 +446,9 @@ __all__ = [
     "PromptEmbeddings",
     "SOLVERS",
     "SamplingSettings",
+    "StepCache",
     "StepLatents",
+    "check_cache_threshold",
     "check_settings",
     "check_sync",
     "make_noise",

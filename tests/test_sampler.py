@@ -244,7 +244,7 @@ def test_default_settings_are_the_reference_defaults():
     assert DEFAULT_VIDEO_NEGATIVE_PROMPT == "jitter, bad hands, blur, distortion"
     assert DEFAULT_AUDIO_NEGATIVE_PROMPT == "robotic, muffled, echo, distorted"
     assert set(s.as_kwargs()) == {"solver", "steps", "shift", "video_guidance", "audio_guidance", "slg_layer", "seed",
-                                 "sync_guidance", "sync_cut"}
+                                 "sync_guidance", "sync_cut", "cache_threshold"}
     assert (s.sync_guidance, s.sync_cut) == (0.0, "both")  # off
 
 
