@@ -10,63 +10,25 @@ Latent == ovi_core.sampler.sample_joint with the same settings and seed.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-try:  # ComfyUI's `comfy` is a namespace package: look for one of its modules
-    _SPEC = importlib.util.find_spec("comfy.model_management")
-except ImportError:
-    _SPEC = None
-if _SPEC is None:
-    pytest.skip("ComfyUI is not importable here (run with ComfyUI's venv and its tree on PYTHONPATH)",
-                allow_module_level=True)
+from tests import comfy_inproc  # first: skips this module where ComfyUI is not importable, else sets up ComfyUI
 
-import comfy.options  # noqa: E402
+_load_nodes_module, _one, _out = comfy_inproc.load_nodes_module, comfy_inproc.one, comfy_inproc.out
+nn = _load_nodes_module("native_nodes")
+native = _load_nodes_module("native_model")
 
-comfy.options.enable_args_parsing(False)
-import comfy.cli_args  # noqa: E402
-
-comfy.cli_args.args.cpu = True
 import comfy.latent_formats  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.nested_tensor  # noqa: E402
 import comfy.samplers  # noqa: E402
 
-from ovi_core.demo import build_demo_fusion  # noqa: E402
 from ovi_core.errors import OviInputError  # noqa: E402
-from ovi_core.sampler import PromptEmbeddings, make_noise, sample_joint  # noqa: E402
+from ovi_core.sampler import make_noise, sample_joint  # noqa: E402
 from ovi_core.schedulers import make_scheduler  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-COMFY_DIR = Path(_SPEC.origin).resolve().parent.parent
-PACKAGE = "ovi_native_nodes_pkg"  # the pack's nodes/ folder as a package whose __init__ is not run
-
-
-def _load_nodes_module(name: str):
-    """nodes/<name>.py as a submodule of a bare package: its relative imports resolve inside nodes/, while the pack's
-    ``nodes`` package (which would shadow ComfyUI's nodes.py) is never imported."""
-    if PACKAGE not in sys.modules:
-        package = types.ModuleType(PACKAGE)
-        package.__path__ = [str(ROOT / "nodes")]
-        sys.modules[PACKAGE] = package
-    return importlib.import_module(f"{PACKAGE}.{name}")
-
-
-def _load_file(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-nn = _load_nodes_module("native_nodes")
-native = _load_nodes_module("native_model")
 
 OLD_IDS = {"OviModelLoader", "OviTextEncoderLoader", "OviTextEncode", "OviTextFromConditioning", "OviSampler",
            "OviVideoVAELoader", "OviVideoDecode", "OviAudioVAELoader", "OviAudioDecode", "OviMux"}
@@ -74,39 +36,10 @@ SIDE, STEPS, SEED, TOL = 64, 4, 7, 1e-5  # 64x64 pixels = 4x4 latents, 31 latent
 
 
 @pytest.fixture(scope="module")
-def fusion():
-    return build_demo_fusion()
-
-
-@pytest.fixture(scope="module")
-def texts():
-    g = torch.Generator().manual_seed(1)
-    return PromptEmbeddings(torch.randn(7, 4096, generator=g), torch.randn(5, 4096, generator=g),
-                            torch.randn(6, 4096, generator=g))
-
-
-@pytest.fixture(scope="module")
 def custom_sampler():
-    """Core's SamplerCustomAdvanced / KSamplerSelect (comfy_extras; ComfyUI's nodes.py under its name while it
-    imports)."""
-    saved = sys.modules.get("nodes")
-    try:
-        sys.modules["nodes"] = _load_file("nodes", COMFY_DIR / "nodes.py")
-        return _load_file("comfy_nodes_custom_sampler", COMFY_DIR / "comfy_extras" / "nodes_custom_sampler.py")
-    finally:
-        if saved is None:
-            sys.modules.pop("nodes", None)
-        else:
-            sys.modules["nodes"] = saved
-
-
-def _out(node_output):
-    return node_output.result if hasattr(node_output, "result") else node_output
-
-
-def _one(node_output):
-    (value,) = _out(node_output)
-    return value
+    """Core's SamplerCustomAdvanced / KSamplerSelect (comfy_extras/nodes_custom_sampler.py)."""
+    _, module = comfy_inproc.load_core("comfy_extras/nodes_custom_sampler.py")
+    return module
 
 
 def _model_space(video_raw):
