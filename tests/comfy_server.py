@@ -132,6 +132,26 @@ class ComfyServer:
     def interrupt(self) -> None:
         self.request("POST", "/interrupt", {})
 
+    def queue_and_interrupt(self, prompt: dict, node_id: str, after_steps: int = 3) -> tuple[str, dict, float]:
+        """Queue ``prompt``, POST /interrupt once node ``node_id`` has reported ``after_steps`` progress steps, and
+        return the prompt id, the run's closing websocket message (execution_interrupted, _success or _error) and
+        the seconds from /interrupt to that message."""
+        ws = self.websocket()
+        try:
+            status, answer = self.queue(prompt)
+            assert status == 200, answer
+            pid = answer["prompt_id"]
+            ws.wait_for(lambda m: m["type"] == "progress" and m["data"].get("prompt_id") == pid
+                        and m["data"]["node"] == node_id and m["data"]["value"] >= after_steps, timeout=120)
+            t0 = time.monotonic()
+            self.interrupt()
+            stopped = ws.wait_for(lambda m: m["type"] in ("execution_interrupted", "execution_success",
+                                                          "execution_error") and m["data"].get("prompt_id") == pid,
+                                  timeout=30)
+            return pid, stopped, time.monotonic() - t0
+        finally:
+            ws.close()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -392,27 +392,12 @@ def test_real_native_text_to_av_workflow_runs_on_the_demo_models(comfy, info, na
 # ---- interrupt -----------------------------------------------------------------------------------------------------
 def test_interrupt_stops_a_long_native_run_and_the_next_run_works(comfy, info):
     """/interrupt during a 1000-step SamplerCustomAdvanced run (Ovi's exact unipc) stops it within 2 s."""
-    import time
-
     prompt = native_demo(info)
     prompt[one(prompt, "OviScheduler")]["inputs"]["steps"] = 1000
     prompt[one(prompt, "OviNoise")]["inputs"]["seed"] = 4242
     sca = one(prompt, "SamplerCustomAdvanced")
     before = cs.files_under(comfy.output_dir)
-    ws = comfy.websocket()
-    try:
-        status, answer = comfy.queue(prompt)
-        assert status == 200, answer
-        pid = answer["prompt_id"]
-        ws.wait_for(lambda m: m["type"] == "progress" and m["data"].get("prompt_id") == pid
-                    and m["data"]["node"] == sca and m["data"]["value"] >= 3, timeout=120)
-        t0 = time.monotonic()
-        comfy.interrupt()
-        stopped = ws.wait_for(lambda m: m["type"] in ("execution_interrupted", "execution_success", "execution_error")
-                              and m["data"].get("prompt_id") == pid, timeout=30)
-        latency = time.monotonic() - t0
-    finally:
-        ws.close()
+    pid, stopped, latency = comfy.queue_and_interrupt(prompt, sca)
     assert stopped["type"] == "execution_interrupted", stopped
     assert stopped["data"]["node_type"] == "SamplerCustomAdvanced"
     print(f"native interrupt latency {latency:.3f} s")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -345,20 +344,7 @@ def test_interrupt_stops_a_long_run_within_2_s_and_the_next_prompt_runs(comfy):
     prompt = copy.deepcopy(DEMO)
     prompt[ID[S]]["inputs"].update(steps=1000, seed=4242)  # the most steps the node takes: minutes on the demo model
     before = cs.files_under(comfy.output_dir)
-    ws = comfy.websocket()
-    try:
-        status, answer = comfy.queue(prompt)
-        assert status == 200, answer
-        pid = answer["prompt_id"]
-        ws.wait_for(lambda m: m["type"] == "progress" and m["data"].get("prompt_id") == pid
-                    and m["data"]["node"] == ID[S] and m["data"]["value"] >= 3, timeout=120)  # well inside sampling
-        t0 = time.monotonic()
-        comfy.interrupt()
-        stopped = ws.wait_for(lambda m: m["type"] in ("execution_interrupted", "execution_success", "execution_error")
-                              and m["data"].get("prompt_id") == pid, timeout=30)
-        latency = time.monotonic() - t0
-    finally:
-        ws.close()
+    pid, stopped, latency = comfy.queue_and_interrupt(prompt, ID[S])  # after 3 steps: well inside sampling
     assert stopped["type"] == "execution_interrupted", stopped
     assert stopped["data"]["node_type"] == S
     assert latency < 2.0, f"stopped {latency:.2f} s after /interrupt"
