@@ -239,7 +239,6 @@ class OviAV(comfy.model_base.BaseModel):
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         fusion: OviFusion = self.diffusion_model
         sigma = t
-        xc = self.model_sampling.calculate_input(sigma, x).float()
         timestep = self.model_sampling.timestep(t).float()  # 1000·σ, as Ovi's euler path
         exact = transformer_options.get(TIMESTEP_OPTION, None)
         if exact is not None:  # Ovi's unipc / dpm++ feed int64(1000·σ) (ovi_sampler below sets it per step)
@@ -249,15 +248,7 @@ class OviAV(comfy.model_base.BaseModel):
             raise OviInputError("Ovi needs the joint audio+video LATENT and a text CONDITIONING")
         dev = x.device  # the compute device (under lowvram some parameters stay in RAM: not fusion.device)
 
-        # 1. unpack: video [B, 48, F, h, w], audio [B, 20, L] -> Ovi's channel-last [B, L, 20]
-        video, audio = comfy.utils.unpack_latents(xc, latent_shapes)
-        audio = audio.transpose(1, 2)
-
-        # 2. per-modality timesteps from the denoise masks
-        tv, clean_frames = _mask_timesteps(kwargs.get("denoise_mask"), timestep, "video")
-        ta, clean_steps = _mask_timesteps(kwargs.get("audio_denoise_mask"), timestep, "audio")
-
-        # 3. text keys/values (cached), skip-layer guidance on core's unconditional rows
+        # 1. text keys/values (cached), skip-layer guidance on core's unconditional rows
         ctx_v = c_crossattn.to(dev, torch.float32)
         ctx_a = kwargs.get("audio_crossattn", c_crossattn).to(dev, torch.float32)
         text = self.text_cache.get(fusion, ctx_v, ctx_a)
@@ -272,14 +263,41 @@ class OviAV(comfy.model_base.BaseModel):
             if skip_mask is not None and not bool(skip_mask.any()):
                 slg_layer, skip_mask = 0, None
 
-        # 4. the forward (column 0 of tv / ta: the noisy part's timestep; a clean prefix runs at t = 0)
-        out_v, out_a = fusion(video, audio, tv[:, 0], text=text, slg_layer=slg_layer, skip_mask=skip_mask,
-                              audio_t=ta[:, 0], clean_video_frames=clean_frames, clean_audio_steps=clean_steps,
-                              fusion_cut=transformer_options.get(FUSION_CUT_OPTION, "none"), device=dev)
+        # 2. the transformer on the packed latent [B, 1, N] -> packed velocities, through core's DIFFUSION_MODEL
+        #    wrappers (what a model's diffusion_model.forward runs; core EasyCache hooks there and reads the packed
+        #    input and output as one latent). A wrapper may change its input in place (EasyCache adds its cached
+        #    difference to it): it gets a copy, x itself is needed for the denoised value below.
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                            transformer_options)
+        xc = self.model_sampling.calculate_input(sigma, x).float()
+        xc = xc.clone() if wrappers and xc.data_ptr() == x.data_ptr() else xc
+        model_output = comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            self._forward_packed, self, wrappers).execute(
+            xc, timestep, text, latent_shapes, kwargs.get("denoise_mask"), kwargs.get("audio_denoise_mask"),
+            slg_layer, skip_mask, dev, transformer_options)
 
-        # 5. pack the velocities, denoised = x - σ·v
-        model_output, _ = comfy.utils.pack_latents([out_v, out_a.transpose(1, 2)])
+        # 3. denoised = x - σ·v
         return self.model_sampling.calculate_denoised(sigma, model_output.float().to(x.device), x)
+
+    def _forward_packed(self, xc, timestep, text, latent_shapes, video_mask, audio_mask, slg_layer, skip_mask, dev,
+                        transformer_options):
+        """OviFusion.forward on the packed model input [B, 1, N] -> packed velocities [B, 1, N] (float32)."""
+        # 1. unpack: video [B, 48, F, h, w], audio [B, 20, L] -> Ovi's channel-last [B, L, 20]
+        video, audio = comfy.utils.unpack_latents(xc, latent_shapes)
+        audio = audio.transpose(1, 2)
+
+        # 2. per-modality timesteps from the denoise masks
+        tv, clean_frames = _mask_timesteps(video_mask, timestep, "video")
+        ta, clean_steps = _mask_timesteps(audio_mask, timestep, "audio")
+
+        # 3. the forward (column 0 of tv / ta: the noisy part's timestep; a clean prefix runs at t = 0)
+        out_v, out_a = self.diffusion_model(video, audio, tv[:, 0], text=text, slg_layer=slg_layer,
+                                            skip_mask=skip_mask, audio_t=ta[:, 0], clean_video_frames=clean_frames,
+                                            clean_audio_steps=clean_steps,
+                                            fusion_cut=transformer_options.get(FUSION_CUT_OPTION, "none"), device=dev)
+
+        # 4. pack the velocities
+        return comfy.utils.pack_latents([out_v.float(), out_a.float().transpose(1, 2)])[0]
 
 
 def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,

@@ -222,6 +222,9 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
                         "(default 0; one more forward per step when on)")
     s.add_argument("--sync-cut", choices=SYNC_CUTS, help="which fusion direction the sync pass cuts: both, "
                    "audio_to_video (the video stops seeing the audio), video_to_audio (default both)")
+    s.add_argument("--cache-threshold", type=_finite_float("step-cache threshold, >= 0"),
+                   help="step cache: reuse the previous step's velocities while both modalities change less than "
+                        "this (relative, accumulated); 0 = off (default). Speed vs quality: docs/speed.md")
     s.add_argument("--repeat", type=_int_in(1, MAX_REPEAT, "clips per prompt"), default=1,
                    help=f"clips per prompt (1..{MAX_REPEAT}), with seeds seed, seed+1, ...")
 
@@ -241,6 +244,8 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_int_in(1, MAX_THREADS, f"CPU threads, at most 4x the {os.cpu_count()} cores"),
                    help="CPU threads for torch (default: torch's choice; the demo uses 1)")
     r.add_argument("--keep-loaded", action="store_true", help="keep every model in memory (more memory, faster batches)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the fusion model (the first step compiles, "
+                   "minutes at full size; needs a C++ compiler on the CPU)")
 
     o = g.add_argument_group("output")
     o.add_argument("-o", "--out", type=Path, help="the mp4 to write (one prompt); default: a name in --out-dir")
@@ -715,9 +720,15 @@ def cmd_generate(args) -> int:
         if problems:  # headers and keys only: a wrong or truncated file fails now, not after loading the others
             raise WrongFileError(" | ".join(problems) + " — `check-weights` lists every file")
     pipe = make_pipeline(args, paths)
+    if args.compile:  # the fusion model is compiled as it loads
+        from ovi_core.compile import compile_fusion
+
+        fusion = pipe.parts["fusion"]
+        fusion._load = (lambda load: lambda: compile_fusion(load()))(fusion._load)
     base = pipe.settings(steps=args.steps, solver=args.solver, shift=args.shift, video_guidance=args.video_guidance,
                          audio_guidance=args.audio_guidance, slg_layer=args.slg_layer, seed=args.seed,
-                         sync_guidance=args.sync_guidance, sync_cut=args.sync_cut)
+                         sync_guidance=args.sync_guidance, sync_cut=args.sync_cut,
+                         cache_threshold=args.cache_threshold)
     check_settings(base.solver, base.steps, base.shift, base.video_guidance, base.audio_guidance, base.slg_layer,
                    base.seed + args.repeat - 1, num_layers=pipe.num_layers)
     check_size(args, pipe)

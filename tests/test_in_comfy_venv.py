@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = ("tests/test_native_model.py", "tests/test_native_nodes.py", "tests/test_lora.py", "tests/test_av_nodes.py")
+FILES = ("tests/test_native_model.py", "tests/test_native_nodes.py", "tests/test_lora.py", "tests/test_av_nodes.py",
+         "tests/test_step_cache.py", "tests/test_compile.py")
 
 
 def test_native_model_and_nodes_inside_comfyui_venv(comfy_python, tmp_path):

@@ -10,12 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+try:  # first where ComfyUI is importable (sets it up for the CPU); elsewhere its tests skip
+    from tests import comfy_inproc
+except pytest.skip.Exception:
+    comfy_inproc = None
+
+from ovi_core.errors import OviInputError
 from ovi_core.fusion import OviFusion
 from ovi_core.sampler import SamplingSettings, StepCache, make_noise, sample_joint
-from ovi_core.errors import OviInputError
 
 F, H, W, L = 3, 4, 4, 13  # latent sizes: 3 frames of 4x4, 13 audio steps
 SEED = 7
+CORE_THRESHOLD = 1.0  # EasyCache / LazyCache: the untrained demo model changes a lot per step (docs/speed.md)
 
 
 class _Counter:
@@ -90,10 +96,11 @@ def test_cache_threshold_setting_and_validation(fusion, texts, monkeypatch):
 # ---- core EasyCache / LazyCache on the Ovi MODEL (ComfyUI's venv) -------------------------------------------------
 @pytest.fixture(scope="module")
 def comfy_env():
-    from tests import comfy_inproc  # skips where ComfyUI is not importable
+    if comfy_inproc is None:
+        pytest.skip("ComfyUI is not importable here (tests/test_in_comfy_venv.py runs this in ComfyUI's venv)")
 
     native = comfy_inproc.load_nodes_module("native_model")
-    easycache, = comfy_inproc.load_core("comfy_extras/nodes_easycache.py")
+    _, easycache = comfy_inproc.load_core("comfy_extras/nodes_easycache.py")
     return native, easycache
 
 
@@ -128,10 +135,10 @@ def test_core_cache_nodes_skip_forwards_on_the_ovi_model(comfy_env, fusion, text
     assert counter.calls == steps
 
     counter.calls = 0
-    cached = node_cls.execute(model, 0.2, 0.15, 0.95, False)[0]
+    cached = node_cls.execute(model, CORE_THRESHOLD, 0.15, 0.95, False)[0]
     out = _comfy_sample(native, cached, texts, steps)
     rel = [((o - r).norm() / r.norm()).item() for o, r in zip(out, ref)]
-    print(f"{node} threshold 0.2, {steps} steps: {counter.calls} forwards; relative error video {rel[0]:.3g}, "
+    print(f"{node} threshold {CORE_THRESHOLD}, {steps} steps: {counter.calls} forwards; relative error video {rel[0]:.3g}, "
           f"audio {rel[1]:.3g}")
     assert counter.calls < steps
     assert all(torch.isfinite(o).all() for o in out) and max(rel) < 1.0
