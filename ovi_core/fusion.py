@@ -22,7 +22,8 @@ from ovi_core.attention import resolve_backend
 from ovi_core.config import FusionConfig
 from ovi_core.errors import OviInputError
 from ovi_core.layers import ComputeDtype, resolve_operations
-from ovi_core.rope import audio_rope, video_rope
+from ovi_core.parallel import LOCAL, Attends, SequenceParallel
+from ovi_core.rope import RopeTable, audio_rope, video_rope
 from ovi_core.tower import TowerBlock, WanTower
 
 
@@ -54,15 +55,22 @@ class _Modulation:
     modulation is applied per token segment, never expanded to every token.
     """
 
-    def __init__(self, e: torch.Tensor, e0: torch.Tensor, clean_tokens: int = 0):
+    def __init__(self, e: torch.Tensor, e0: torch.Tensor, clean_tokens: int = 0, segmented: bool = False):
         self.e, self.e0 = e, e0  # [B, U, dim], [B, U, 6, dim]; u = 0: t, u = 1: t = 0 (clean prefix)
         self.clean_tokens = clean_tokens
-        # every row the same vectors (the sampler's positive/negative rows share t): norms can fold them in
-        self.uniform = e.shape[0] == 1 or (not e.is_meta and torch.equal(e, e[:1].expand_as(e))
-                                           and torch.equal(e0, e0[:1].expand_as(e0)))
+        # every row the same vectors (the sampler's positive/negative rows share t): norms can fold them in;
+        # segmented: never (a sequence-parallel slice of a sequence with a clean prefix rounds as the whole one)
+        self.segmented = segmented
+        self.uniform = not segmented and (e.shape[0] == 1 or (not e.is_meta and torch.equal(e, e[:1].expand_as(e))
+                                                              and torch.equal(e0, e0[:1].expand_as(e0))))
 
     def rows(self, index: torch.Tensor | slice) -> _Modulation:
-        return _Modulation(self.e[index], self.e0[index], self.clean_tokens)
+        return _Modulation(self.e[index], self.e0[index], self.clean_tokens, self.segmented)
+
+    def shard(self, start: int) -> _Modulation:
+        """The modulation of a token slice starting at `start` (sequence parallel): the clean prefix moves with it.
+        A slice past the clean prefix keeps the per-segment arithmetic of the whole sequence (same rounding)."""
+        return _Modulation(self.e, self.e0, max(0, self.clean_tokens - start), self.segmented or self.clean_tokens > 0)
 
     def block(self, block: TowerBlock) -> _Vectors:
         """shift1, scale1, gate1, shift2, scale2, gate2 of one block (its parameter + the time projection)."""
@@ -108,6 +116,11 @@ class _Vectors:
         return residual
 
 
+def _rope_rows(table: RopeTable, rows: slice) -> RopeTable:
+    """The RoPE rows of some tokens (views)."""
+    return RopeTable(table.cos[rows], table.sin[rows], None if table.cis is None else table.cis[rows])
+
+
 def _rows(run: torch.Tensor) -> torch.Tensor | slice:
     """Row indices [k] (on the CPU) as a slice when they are consecutive: views instead of copies."""
     if run.numel() and bool((run == torch.arange(int(run[0]), int(run[0]) + run.numel())).all()):
@@ -140,6 +153,7 @@ class OviFusion(nn.Module):
         self.ffn_chunk = 0  # >0: run the FFNs over this many tokens at a time (lower peak memory, same numbers)
         self._swap: tuple[int, torch.device, torch.device] | None = None  # (blocks, compute, offload device)
         self._rope_cache: dict = {}
+        self.sequence_parallel: SequenceParallel | None = None  # see set_sequence_parallel
 
     # ---- settings -------------------------------------------------------------------------------------
     def set_compute_dtype(self, dtype: torch.dtype) -> OviFusion:
@@ -164,6 +178,18 @@ class OviFusion(nn.Module):
             self.video_model.blocks[i].to(offload_device)
             self.audio_model.blocks[i].to(offload_device)
         self._swap = (num_blocks, compute_device, offload_device) if num_blocks else None
+        return self
+
+    def set_sequence_parallel(self, group=None, enabled: bool = True) -> OviFusion:
+        """Split every forward's token sequences over the ranks of a torch.distributed process group (None: the
+        default group); see ovi_core.parallel. Every rank calls forward with the same inputs and gets the whole
+        output. The head count must divide by the group size. enabled=False: one process again."""
+        if not enabled:
+            self.sequence_parallel = None
+            return self
+        sp = SequenceParallel(group)
+        sp.check_heads(self.cfg.video.num_heads)
+        self.sequence_parallel = sp if sp.size > 1 else None
         return self
 
     @property
@@ -273,6 +299,16 @@ class OviFusion(nn.Module):
         rope_v, rope_a = self._ropes(grid_v, grid_a, dev)
         cut = (fusion_cut in ("both", "video_to_audio"), fusion_cut in ("both", "audio_to_video"))  # (audio, video)
 
+        # 3b. sequence parallel: this rank keeps its slice of each token sequence, with the RoPE rows and the clean
+        #     prefix of its tokens; attention runs over the whole sequences by all-to-all (ovi_core.parallel)
+        sp, attend, sizes = self.sequence_parallel, LOCAL, None
+        if sp is not None:
+            sizes = sp.sizes(xv.shape[1]), sp.sizes(xa.shape[1])
+            xv, xa = sp.shard(xv, sizes[0]), sp.shard(xa, sizes[1])  # [B, Lv_r, dim], [B, La_r, dim]
+            mod_v, mod_a = mod_v.shard(sp.start(sizes[0])), mod_a.shard(sp.start(sizes[1]))
+            rope_v, rope_a = _rope_rows(rope_v, sp.local(sizes[0])), _rope_rows(rope_a, sp.local(sizes[1]))
+            attend = sp.attends(*sizes)
+
         # 4. fused blocks (SLG: block slg_layer skipped, for all rows or only the rows in skip_mask); a stop request
         #    is honoured between blocks (a swapped block is back on its offload device by then)
         for i in range(self.cfg.num_layers):
@@ -287,14 +323,18 @@ class OviFusion(nn.Module):
                     rows = rows if isinstance(rows, slice) else rows.to(dev)
                     sub_v, sub_a = xv[rows], xa[rows]
                     out_v, out_a = self._run_block(i, sub_v, sub_a, mod_v.rows(rows), mod_a.rows(rows),
-                                                   rope_v, rope_a, text.rows(rows), backend, cut)
+                                                   rope_v, rope_a, text.rows(rows), backend, cut, attend)
                     if out_v is not sub_v or not isinstance(rows, slice):  # a slice's views were updated in place
                         xv[rows], xa[rows] = out_v, out_a
                     continue
-            xv, xa = self._run_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend, cut)
+            xv, xa = self._run_block(i, xv, xa, mod_v, mod_a, rope_v, rope_a, text, backend, cut, attend)
 
-        # 5. heads
-        return self._head(self.video_model, xv, mod_v, grid_v), self._head(self.audio_model, xa, mod_a, grid_a)
+        # 5. heads (sequence parallel: on the local tokens, then gathered so every rank has the whole output)
+        if sp is None:
+            return self._head(self.video_model, xv, mod_v, grid_v), self._head(self.audio_model, xa, mod_a, grid_a)
+        gather_v, gather_a = (lambda x, s=s: sp.gather(x, s) for s in sizes)
+        return (self._head(self.video_model, xv, mod_v, grid_v, gather_v),
+                self._head(self.audio_model, xa, mod_a, grid_a, gather_a))
 
     @staticmethod
     def _timesteps(t, b: int, dev: torch.device, name: str) -> torch.Tensor:
@@ -318,29 +358,31 @@ class OviFusion(nn.Module):
                 self.video_model.blocks[i].to(self._swap[2])
                 self.audio_model.blocks[i].to(self._swap[2])
 
-    def _fused_block(self, i, xv, xa, mod_v, mod_a, rope_v, rope_a, text: TextContext, backend, cut=(False, False)):
+    def _fused_block(self, i, xv, xa, mod_v, mod_a, rope_v, rope_a, text: TextContext, backend, cut=(False, False),
+                     attend: Attends = LOCAL):
         """Fused block i; updates the float32 streams xv [B, Lv, dim] and xa [B, La, dim] in place and returns them.
 
-        cut = (audio, video): that tower's attention to the other stream (its fusion term) is left out."""
+        cut = (audio, video): that tower's attention to the other stream (its fusion term) is left out.
+        attend: the attentions over whole sequences (one process: plain attention; sequence parallel: all-to-all)."""
         vb: TowerBlock = self.video_model.blocks[i]
         ab: TowerBlock = self.audio_model.blocks[i]
         ea, ev = mod_a.block(ab), mod_v.block(vb)  # vectors 0..5: shift1, scale1, gate1, shift2, scale2, gate2
 
         # 1-2. audio then video self-attention (gated residuals)
-        ea.gated_(xa, ab.self_attn(ea.affine(ab.norm1, xa, 0, 1), rope_a, backend), 2)
-        ev.gated_(xv, vb.self_attn(ev.affine(vb.norm1, xv, 0, 1), rope_v, backend), 2)
+        ea.gated_(xa, ab.self_attn(ea.affine(ab.norm1, xa, 0, 1), rope_a, backend, attend.audio), 2)
+        ev.gated_(xv, vb.self_attn(ev.affine(vb.norm1, xv, 0, 1), rope_v, backend, attend.video), 2)
 
         # each tower attends to the other's stream after self-attention: their fusion keys/values, taken now
         video_for_audio = None if cut[0] else ab.cross_attn.other_kv(xv, rope_v)  # 2 x [B, Lv, H, D]
         audio_for_video = None if cut[1] else vb.cross_attn.other_kv(xa, rope_a)  # 2 x [B, La, H, D]
 
         # 3. audio cross step (text + video), then FFN
-        xa.add_(ab.cross_attn(ab.norm3(xa), text.audio_kv[i], video_for_audio, rope_a, backend))
+        xa.add_(ab.cross_attn(ab.norm3(xa), text.audio_kv[i], video_for_audio, rope_a, backend, attend.audio_video))
         del video_for_audio
         ea.gated_(xa, self._ffn(ab, ea.affine(ab.norm2, xa, 3, 4)), 5)
 
         # 4. video cross step (text + audio after its self-attention), then FFN
-        xv.add_(vb.cross_attn(vb.norm3(xv), text.video_kv[i], audio_for_video, rope_v, backend))
+        xv.add_(vb.cross_attn(vb.norm3(xv), text.video_kv[i], audio_for_video, rope_v, backend, attend.video_audio))
         ev.gated_(xv, self._ffn(vb, ev.affine(vb.norm2, xv, 3, 4)), 5)
         return xv, xa
 
@@ -353,9 +395,9 @@ class OviFusion(nn.Module):
         return torch.cat([block.ffn(c) for c in x.split(n, dim=1)], dim=1)
 
     @staticmethod
-    def _head(tower: WanTower, x: torch.Tensor, mod: _Modulation, grid) -> torch.Tensor:
+    def _head(tower: WanTower, x: torch.Tensor, mod: _Modulation, grid, gather=None) -> torch.Tensor:
         out = tower.head.head(mod.head(tower.head.modulation).affine(tower.head.norm, x, 0, 1)).float()
-        return tower.unpatchify(out, grid)
+        return tower.unpatchify(out if gather is None else gather(out), grid)
 
     def _check_latents(self, video: torch.Tensor, audio: torch.Tensor):
         cv, ca = self.cfg.video.in_dim, self.cfg.audio.in_dim

@@ -37,11 +37,12 @@ class SelfAttention(nn.Module):
         runs in place, in float32 (before the cast)."""
         return apply_rope(x.unflatten(2, (self.num_heads, self.head_dim)), rope, inplace=True).to(self.q.compute_dtype)
 
-    def forward(self, x: torch.Tensor, rope: RopeTable, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeTable, backend: str, attend=attention) -> torch.Tensor:
+        """attend: attention() or, under sequence parallel, its whole-sequence version (ovi_core.parallel)."""
         q = self.rotated_heads(self.norm_q(self.q(x)), rope)  # [B, L, H, D]
         k = self.rotated_heads(self.norm_k(self.k(x)), rope)
         v = self.heads(self.v(x))
-        return self.o(attention(q, k, v, backend).flatten(2))
+        return self.o(attend(q, k, v, backend).flatten(2))
 
 
 class FusionCrossAttention(SelfAttention):
@@ -76,12 +77,14 @@ class FusionCrossAttention(SelfAttention):
         other_kv: tuple[torch.Tensor, torch.Tensor] | None,  # from other_kv(); None: no fusion term (a cut)
         rope: RopeTable,
         backend: str,
+        attend=attention,  # the fusion term's attention (sequence parallel: over the other tower's whole sequence)
     ) -> torch.Tensor:
         q = self.norm_q(self.q(x)).unflatten(2, (self.num_heads, self.head_dim))  # [B, L, H, D]
-        out = attention(q.to(self.q.compute_dtype), *text_kv, backend)  # text: no RoPE, no key mask (padding included)
+        # text: no RoPE, no key mask (padding included); the text keys/values are whole on every rank
+        out = attention(q.to(self.q.compute_dtype), *text_kv, backend)
         if other_kv is not None:
             q = apply_rope(q, rope, inplace=True).to(self.q.compute_dtype)  # q is not needed un-rotated any more
-            out = out.add_(attention(q, *other_kv, backend))
+            out = out.add_(attend(q, *other_kv, backend))
         return self.o(out.flatten(2))
 
 
