@@ -9,6 +9,12 @@ The video patch embedding (kernel = stride, no padding) runs as a reshape + one 
 tokens 1.4x faster than the Conv3d on the CPU). The audio tower's k=7 convolutions stay convolutions: oneDNN's
 1-D convolution beat an im2col matmul by 1.3-1.4x at every shape measured.
 
+fp8 weights on a GPU with fp8 tensor cores (CUDA capability 8.9+: Ada, Hopper, Blackwell) multiply in fp8:
+``torch._scaled_mm`` with the input quantised per tensor to float8_e4m3fn (scale amax/448; the weight's scale is 1,
+Ovi's fp8 files store plain e4m3 weights) and float32 accumulation, about twice the bf16 GEMM rate. Everywhere else
+(the CPU, older GPUs, float32 compute, shapes not multiples of 16) the weight is upcast for that layer, as before.
+``set_fp8_matmul(model, False)`` turns the fp8 GEMM off (exact upcast numbers on every device).
+
 A caller may bring its own layer classes (``resolve_operations``): a namespace with Linear, Conv1d, Conv3d,
 LayerNorm and RMSNorm classes that take torch's constructor arguments, as ComfyUI's ``comfy.ops.manual_cast``
 or ``disable_weight_init``. They are wrapped so that inputs reach them in the compute dtype; their own forward
@@ -37,10 +43,52 @@ class ComputeDtype:
     compute_dtype: torch.dtype = torch.float32
 
 
+_FP8_MAX = 448.0  # the largest float8_e4m3fn value
+_fp8_devices: dict[tuple[str, int | None], bool] = {}
+
+
+def fp8_matmul_supported(device: torch.device | str) -> bool:
+    """Whether ``torch._scaled_mm`` runs fp8 GEMMs on ``device``: CUDA with capability 8.9 or newer."""
+    device = torch.device(device)
+    key = (device.type, device.index)
+    if key not in _fp8_devices:
+        _fp8_devices[key] = (device.type == "cuda" and hasattr(torch, "_scaled_mm")
+                             and torch.cuda.get_device_capability(device) >= (8, 9))
+    return _fp8_devices[key]
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """x @ weight.T + bias for a float8_e4m3fn weight [out, in] in one fp8 GEMM: x is quantised per tensor (scale
+    amax/448), products accumulate in float32, the result is ``out_dtype`` (bf16 or fp16)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    scale = (x2.abs().amax().float() / _FP8_MAX).clamp_min(1e-12)  # [] float32
+    xq = (x2.float() / scale).clamp_(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
+    one = torch.ones((), device=x.device, dtype=torch.float32)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=scale, scale_b=one, bias=_cast(bias, out_dtype, x.device),
+                           out_dtype=out_dtype)
+    return out.reshape(*shape[:-1], weight.shape[0])
+
+
 class Linear(nn.Linear, ComputeDtype):
+    fp8_matmul = True  # fp8 weights: fp8 GEMM where the device supports it (set_fp8_matmul)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cd = self.compute_dtype
-        return F.linear(_cast(x, cd), _cast(self.weight, cd, x.device), _cast(self.bias, cd, x.device))
+        w = self.weight
+        if (w.dtype == torch.float8_e4m3fn and self.fp8_matmul and cd in (torch.bfloat16, torch.float16)
+                and w.device == x.device and w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0
+                and fp8_matmul_supported(x.device)):
+            return fp8_linear(x, w, self.bias, cd)
+        return F.linear(_cast(x, cd), _cast(w, cd, x.device), _cast(self.bias, cd, x.device))
+
+
+def set_fp8_matmul(model: nn.Module, enabled: bool) -> nn.Module:
+    """Turn the fp8 GEMM of fp8-weight layers on (default, where supported) or off (upcast: exact numbers)."""
+    for m in model.modules():
+        if isinstance(m, Linear):
+            m.fp8_matmul = bool(enabled)
+    return model
 
 
 class Conv3d(nn.Conv3d, ComputeDtype):
