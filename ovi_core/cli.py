@@ -246,6 +246,10 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
     r.add_argument("--keep-loaded", action="store_true", help="keep every model in memory (more memory, faster batches)")
     r.add_argument("--compile", action="store_true", help="torch.compile the fusion model (the first step compiles, "
                    "minutes at full size; needs a C++ compiler on the CPU)")
+    r.add_argument("--sp-size", type=_int_in(1, 1024, "sequence-parallel ranks"),
+                   help="sequence parallel: split each clip's tokens over this many processes, launched with "
+                        "`torchrun --nproc-per-node N -m ovi_core generate ...` (default: torchrun's world size; "
+                        "must equal it; Ovi's 24 heads allow 2, 3, 4, 6, 8, 12 or 24)")
 
     o = g.add_argument_group("output")
     o.add_argument("-o", "--out", type=Path, help="the mp4 to write (one prompt); default: a name in --out-dir")
@@ -653,17 +657,49 @@ def demo_ignored_options(args) -> list[str]:
     return given
 
 
-def make_pipeline(args, paths):
+def setup_sequence_parallel(args):
+    """Under torchrun (RANK and WORLD_SIZE set) with more than one process: initialise the default process group
+    (gloo on the CPU, nccl on CUDA; each rank on cuda:LOCAL_RANK) and return it; else None. --sp-size must equal the
+    world size. Ranks other than 0 log warnings only and draw no progress bars."""
+    from ovi_core.parallel import init_from_torchrun, launched_by_torchrun
+
+    world = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+    sp = args.sp_size or world
+    if sp != world:
+        how = (f"launch with `torchrun --nproc-per-node {sp} -m ovi_core generate ...`" if world == 1 else
+               f"this run has {world} processes; every process takes part, so drop --sp-size or launch {sp}")
+        raise OviInputError(f"--sp-size {sp}: sequence parallel splits a clip over the processes torchrun starts; {how}")
+    if world == 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    kind = args.device.type if args.device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, _, local_rank = init_from_torchrun(kind)
+    if kind == "cuda":
+        args.device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(args.device)
+    elif args.device is None:
+        args.device = torch.device(kind)
+    if rank != 0:
+        args.no_progress = True
+        logging.getLogger("ovi_core").setLevel(logging.WARNING)
+    logger.info("sequence parallel over %d processes (%s)", world, dist.get_backend())
+    return dist.group.WORLD
+
+
+def make_pipeline(args, paths, process_group=None):
     """The pipeline the options select (the demo model when ``paths`` is None). Nothing is loaded here."""
     from ovi_core.pipeline import OviPipeline
 
     if paths is None:
         return OviPipeline.demo(device=args.device or "cpu", keep_loaded=args.keep_loaded, num_threads=args.threads,
-                                vae_tile=args.vae_tile)
+                                vae_tile=args.vae_tile, process_group=process_group)
     # the variant: as asked; else told by the fused file when it was named explicitly; else the one found
     variant = args.variant or (None if args.model is not None else paths.variant)
     return OviPipeline.from_paths(paths.fusion, paths.text_encoder, paths.video_vae, paths.audio_vae, paths.vocoder,
-                                  paths.tokenizer, variant=variant, **_pipeline_kwargs(args))
+                                  paths.tokenizer, variant=variant, process_group=process_group,
+                                  **_pipeline_kwargs(args))
 
 
 def check_size(args, pipe) -> None:
@@ -700,10 +736,6 @@ def prepare_outputs(jobs, overwrite: bool) -> None:
 
 # ---- commands --------------------------------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    from ovi_core.demo import demo_notice
-    from ovi_core.pipeline import GenerationRequest
-    from ovi_core.sampler import check_settings
-
     # 1. everything the user gave, before anything is loaded: arguments, device, prompts, images, weights' presence
     args.device = check_device(args.device)
     entries = read_entries(args)
@@ -719,7 +751,22 @@ def cmd_generate(args) -> int:
         problems = [problem for _, _, problem, _ in check_weight_files(paths, full=False) if problem]
         if problems:  # headers and keys only: a wrong or truncated file fails now, not after loading the others
             raise WrongFileError(" | ".join(problems) + " — `check-weights` lists every file")
-    pipe = make_pipeline(args, paths)
+    group = setup_sequence_parallel(args)
+    try:
+        return _generate(args, entries, paths, ignored, group)
+    finally:
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _generate(args, entries, paths, ignored, group) -> int:
+    from ovi_core.demo import demo_notice
+    from ovi_core.pipeline import GenerationRequest
+    from ovi_core.sampler import check_settings
+
+    pipe = make_pipeline(args, paths, group)
     if args.compile:  # the fusion model is compiled as it loads
         from ovi_core.compile import compile_fusion
 

@@ -16,6 +16,12 @@ memory is the largest model, not the sum (the text encoder is gone before the fu
 ``generate_batch`` runs many requests through the same four stages, so each model is loaded once per batch; a
 failing request is reported and the others continue. ``keep_loaded=True`` keeps every model once loaded
 (interactive use with enough memory).
+
+Sequence parallel (several GPUs on one clip, ovi_core.parallel): every rank of a torch.distributed process group
+builds the same pipeline with ``process_group=`` the group and calls generate with the same arguments. Stages 1-3
+run on every rank (the text encoder and the image encoder too: identical inputs give identical embeddings, and
+nothing needs broadcasting); in stage 3 the fusion model splits its token sequences over the group. Stage 4, the
+decoders, runs on rank 0 only: rank 0 gets the results, the other ranks get None (and no on_result call).
 """
 
 from __future__ import annotations
@@ -253,7 +259,7 @@ class OviPipeline:
     def __init__(self, variant: Variant, loaders: dict[str, Callable[[], Any]], *, num_layers: int,
                  device: torch.device, default_settings: SamplingSettings | None = None, is_demo: bool = False,
                  keep_loaded: bool = False, vae_tile: tuple[int, int] | None = None, description: str = "",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, process_group=None):
         labels = {"text_encoder": "text encoder", "fusion": "fusion model", "video_vae": "video VAE",
                   "audio_decoder": "audio decoder"}
         self.variant = variant
@@ -264,6 +270,12 @@ class OviPipeline:
         self.vae_tile = vae_tile
         self.description = description
         self.num_threads = num_threads  # torch intra-op threads while generating (None: leave torch's setting)
+        self.process_group = process_group  # sequence parallel over this torch.distributed group (None: one process)
+        self.is_main = True
+        if process_group is not None:
+            from ovi_core.parallel import is_main_process
+
+            self.is_main = is_main_process(process_group)
         self.parts = {k: _Part(labels[k], loaders[k], keep_loaded) for k in labels}
         self._decoders_checked = is_demo  # real decoder files are test-loaded once before the first sampling
 
@@ -287,6 +299,7 @@ class OviPipeline:
         keep_loaded: bool = False,
         vae_tile: tuple[int, int] | None = None,
         num_threads: int | None = None,
+        process_group=None,
     ) -> OviPipeline:
         """From explicit files (vocoder None: the audio VAE file carries it, as ComfyUI's single MMAudio file).
         Nothing is loaded yet; missing files and a wrong fused file fail here, the decoders at the first generate."""
@@ -336,7 +349,8 @@ class OviPipeline:
         loaders = {"text_encoder": load_text, "fusion": load_fusion, "video_vae": load_video_vae,
                    "audio_decoder": load_audio}
         return cls(v, loaders, num_layers=cfg.num_layers, device=device, keep_loaded=keep_loaded, vae_tile=vae_tile,
-                   description=f"Ovi {v.name} on {device}\n{paths.describe()}", num_threads=num_threads)
+                   description=f"Ovi {v.name} on {device}\n{paths.describe()}", num_threads=num_threads,
+                   process_group=process_group)
 
     @classmethod
     def from_weight_paths(cls, paths, **kwargs) -> OviPipeline:
@@ -362,7 +376,8 @@ class OviPipeline:
 
     @classmethod
     def demo(cls, seed: int = 0, device: str | torch.device = "cpu", keep_loaded: bool = False,
-             num_threads: int | None = None, vae_tile: tuple[int, int] | None = None) -> OviPipeline:
+             num_threads: int | None = None, vae_tile: tuple[int, int] | None = None,
+             process_group=None) -> OviPipeline:
         """The built-in tiny model (ovi_core.demo): deterministic untrained weights, no files needed."""
         from ovi_core import demo
 
@@ -376,7 +391,7 @@ class OviPipeline:
         return cls(demo.DEMO_VARIANT, loaders, num_layers=demo.DEMO_CONFIG.num_layers, device=device,
                    default_settings=demo.DEMO_SETTINGS, is_demo=True, keep_loaded=keep_loaded, vae_tile=vae_tile,
                    description=f"built-in demo model (untrained, {demo.DEMO_SIDE}x{demo.DEMO_SIDE}) on {device}",
-                   num_threads=num_threads or demo.DEMO_THREADS)
+                   num_threads=num_threads or demo.DEMO_THREADS, process_group=process_group)
 
     # -- public API -------------------------------------------------------------------------------------------------
     def settings(self, base: SamplingSettings | None = None, **overrides) -> SamplingSettings:
@@ -470,7 +485,7 @@ class OviPipeline:
                 attempt(row, "preparation", self._prepare, row)
 
             # the decoders are small: load them once up front so a wrong file fails now, not after sampling
-            if live() and not self._decoders_checked:
+            if live() and not self._decoders_checked and self.is_main:
                 for key in ("video_vae", "audio_decoder"):
                     self.parts[key].get()
                     self.parts[key].release()
@@ -499,6 +514,8 @@ class OviPipeline:
             # 3. joint sampling
             if live():
                 model = self.parts["fusion"].get()
+                if self.process_group is not None and model.sequence_parallel is None:
+                    model.set_sequence_parallel(self.process_group)
                 for row in live():
                     attempt(row, "sampling", self._sample, model, row, report, step_callback, should_interrupt)
                 del model
@@ -506,7 +523,7 @@ class OviPipeline:
 
             # 4. decoding; results are handed out one by one
             results: list[OviResult | None] = [None] * n
-            if live():
+            if live() and self.is_main:
                 vae, audio_decoder = self.parts["video_vae"].get(), self.parts["audio_decoder"].get()
                 for row in live():
                     result = attempt(row, "decoding", self._decode, vae, audio_decoder, row, report)
