@@ -76,7 +76,8 @@ def test_the_nodes_are_v3_nodes_served_by_comfy_entrypoint(comfy):
     loader, sampler = info["OviModelLoader"], info["OviSampler"]
     assert loader["output"] == ["MODEL"] and loader["input"]["required"]["variant"][0] == "COMBO"
     assert sampler["input"]["required"]["model"][0] == "MODEL"
-    assert set(sampler["input"]["optional"]) == {"text", "start_image", "video_vae", "positive", "negative", "latent"}
+    assert set(sampler["input"]["optional"]) == {"text", "start_image", "video_vae", "positive", "negative", "latent",
+                                                     "sync_guidance", "sync_cut"}
     assert sampler["output"] == ["LATENT", "LATENT", "LATENT"]
     assert info["OviTextEncode"]["output"] == ["OVI_TEXT", "CONDITIONING", "CONDITIONING", "CONDITIONING"]
     assert "comfy_entrypoint" in (ROOT / "__init__.py").read_text()
