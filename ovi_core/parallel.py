@@ -115,8 +115,10 @@ class SequenceParallel:
 
     def attention(self, q, k, v, backend: str, q_sizes, kv_sizes) -> torch.Tensor:
         """Whole-sequence attention of this rank's queries [B, L_r, H, D] over keys/values split by kv_sizes."""
-        out = attention(self.seq_to_heads(q, q_sizes), self.seq_to_heads(k, kv_sizes), self.seq_to_heads(v, kv_sizes),
-                        backend)  # [B, Lq, H/N, D]
+        q, k, v = self.seq_to_heads(q, q_sizes), self.seq_to_heads(k, kv_sizes), self.seq_to_heads(v, kv_sizes)
+        if backend != "sdpa" and q.shape[0] > 1:  # [B, L, H/N, D] views of [L, B, H/N, D]: flash/sage want them dense
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out = attention(q, k, v, backend)  # [B, Lq, H/N, D]
         return self.heads_to_seq(out, q_sizes)
 
     def attends(self, video_sizes, audio_sizes) -> Attends:
