@@ -18,10 +18,10 @@ failing request is reported and the others continue. ``keep_loaded=True`` keeps 
 (interactive use with enough memory).
 
 Sequence parallel (several GPUs on one clip, ovi_core.parallel): every rank of a torch.distributed process group
-builds the same pipeline with ``process_group=`` the group and calls generate with the same arguments. Stages 1-3
-run on every rank (the text encoder and the image encoder too: identical inputs give identical embeddings, and
-nothing needs broadcasting); in stage 3 the fusion model splits its token sequences over the group. Stage 4, the
-decoders, runs on rank 0 only: rank 0 gets the results, the other ranks get None (and no on_result call).
+builds the same pipeline with ``process_group=`` the group and calls generate with the same arguments.
+Stages 1 and 2 (text encoder, image encoder) run on rank 0 only, which broadcasts the embeddings and first-frame
+latents; in stage 3 the fusion model splits its token sequences over the group. Stage 4, the decoders, runs on
+rank 0 only: rank 0 gets the results, the other ranks get None (and no on_result call).
 """
 
 from __future__ import annotations
@@ -491,25 +491,31 @@ class OviPipeline:
                     self.parts[key].release()
                 self._decoders_checked = True
 
-            # 1. text encoder, then freed
+            # 1. text encoder, then freed (sequence parallel: on rank 0, the embeddings sent to the other ranks)
             if live():
-                encoder = self.parts["text_encoder"].get()
-                for row in live():
-                    report("text", 0, 1, row)
-                    attempt(row, "text encoding", self._encode_text, encoder, row)
-                    report("text", 1, 1, row)
-                del encoder
-                self.parts["text_encoder"].release()
+                if self.is_main:
+                    encoder = self.parts["text_encoder"].get()
+                    for row in live():
+                        report("text", 0, 1, row)
+                        attempt(row, "text encoding", self._encode_text, encoder, row)
+                        report("text", 1, 1, row)
+                    del encoder
+                    self.parts["text_encoder"].release()
+                self._share_from_main(rows, "text")
 
-            # 2. first frames (image-to-video) through the VAE encoder
+            # 2. first frames (image-to-video) through the VAE encoder (sequence parallel: the same, rank 0)
             if live(need_image=True):
-                vae = self.parts["video_vae"].get()
-                for row in live(need_image=True):
-                    report("image", 0, 1, row)
-                    attempt(row, "image encoding", self._encode_image, vae, row)
-                    report("image", 1, 1, row)
-                del vae
-                self.parts["video_vae"].release()
+                if self.is_main:
+                    vae = self.parts["video_vae"].get()
+                    for row in live(need_image=True):
+                        report("image", 0, 1, row)
+                        attempt(row, "image encoding", self._encode_image, vae, row)
+                        report("image", 1, 1, row)
+                    del vae
+                    self.parts["video_vae"].release()
+                self._share_from_main(rows, "first_frame")
+                for row in rows:
+                    row.image = None
 
             # 3. joint sampling
             if live():
@@ -538,6 +544,20 @@ class OviPipeline:
                 self.parts["video_vae"].release()
                 self.parts["audio_decoder"].release()
         return BatchReport(results, {r.index: r.error for r in rows if r.error is not None})
+
+    def _share_from_main(self, rows: list[_Row], attr: str) -> None:
+        """Sequence parallel: every rank gets rank 0's ``row.<attr>`` (CPU tensors, broadcast as one object); a
+        request that failed on rank 0 fails on every rank, so all ranks sample the same requests."""
+        if self.process_group is None:
+            return
+        import torch.distributed as dist
+
+        payload = [[(getattr(r, attr), r.error is None) for r in rows]] if self.is_main else [None]
+        dist.broadcast_object_list(payload, src=dist.get_global_rank(self.process_group, 0), group=self.process_group)
+        for row, (value, ok) in zip(rows, payload[0]):
+            setattr(row, attr, value)
+            if row.error is None and not ok:
+                row.error = OviError(f"request {row.index + 1} failed on rank 0 (see its log)")
 
     def _prepare(self, row: _Row) -> None:
         from ovi_core.prompt import check_negative_prompt, format_prompt_for_variant

@@ -142,12 +142,18 @@ def _frames(path: Path) -> torch.Tensor:
 
 
 def test_torchrun_demo_writes_the_one_process_clip(tmp_path):
-    """`torchrun --nproc-per-node 2 -m ovi_core generate` (gloo, loopback): rank 0 writes the clip one process
-    writes (the demo's 124 video and 157 audio tokens split unevenly), the other rank writes nothing."""
+    """`torchrun --nproc-per-node 2 -m ovi_core generate` (gloo, loopback), image-to-video: rank 0 encodes the text
+    and the image, the other rank receives them; rank 0 writes the clip one process writes (the demo's 124 video and
+    157 audio tokens split unevenly), the other rank writes nothing."""
+    import numpy as np
+    from PIL import Image
+
     from ovi_core.cli import main
 
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "first.png")
     args = ["generate", "-p", "a cat plays the piano <AUDCAP>piano music<ENDAUDCAP>", "--steps", "2", "--seed", "5",
-            "--no-progress", "-q"]
+            "--image", str(tmp_path / "first.png"), "--no-progress", "-q"]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for name in ("OVI_CKPT_DIR", "OVI_COMFY_MODELS"):
         env.pop(name, None)
@@ -171,3 +177,32 @@ def test_sp_size_without_torchrun_is_a_usage_error(tmp_path, monkeypatch, capsys
     assert main(["generate", "-p", "a cat", "--sp-size", "2", "-o", str(tmp_path / "x.mp4")]) == EXIT_USAGE
     assert "torchrun --nproc-per-node 2" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def _pipeline_worker(rank: int, port: int, out: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        from ovi_core.pipeline import OviPipeline
+
+        pipe = OviPipeline.demo(process_group=dist.group.WORLD)
+        loaded = []
+        for name, part in pipe.parts.items():
+            part._load = lambda load=part._load, name=name: (loaded.append(name), load())[1]
+        result = pipe.generate("a cat plays the piano <AUDCAP>piano music<ENDAUDCAP>", steps=1)
+        Path(f"{out}.{rank}.json").write_text(json.dumps({"loaded": sorted(loaded), "result": result is not None}))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pipeline_loads_on_rank_0_only_what_only_rank_0_runs(tmp_path):
+    """OviPipeline(process_group=): rank 0 encodes the text and decodes; the other rank loads the fusion model only."""
+    out = str(tmp_path / "loaded")
+    mp.spawn(_pipeline_worker, args=(_free_port(), out), nprocs=2, join=True)
+    main, other = (json.loads(Path(f"{out}.{r}.json").read_text()) for r in (0, 1))
+    assert main == {"loaded": ["audio_decoder", "fusion", "text_encoder", "video_vae"], "result": True}
+    assert other == {"loaded": ["fusion"], "result": False}
