@@ -16,7 +16,8 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 BACKENDS = ("sdpa", "flash_attn", "sage")
-_warned: set[str] = set()
+MIN_CUDA_CAPABILITY = {"flash_attn": (8, 0), "sage": (8, 0)}  # flash-attn 2 and SageAttention 2: Ampere or newer
+_chosen: dict[tuple[str, str], str] = {}  # (asked, device) -> what runs; each decision logged once per process
 
 
 def _sdpa(q, k, v):
@@ -37,23 +38,36 @@ def _sage(q, k, v):
 
 
 def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
-    """The backend that will really run for `name` on `device`, logging once why a request falls back."""
+    """The backend that will really run for `name` on `device`. The choice is made once per (backend, device) and
+    logged once: the backend in use, or why a request falls back to PyTorch SDPA."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "sdpa":
-        return name
-    module = "flash_attn" if name == "flash_attn" else "sageattention"
-    reason = None
-    if importlib.util.find_spec(module) is None:
-        reason = f"{module} is not installed (pip install {module.replace('_', '-')})"
-    elif torch.device(device).type != "cuda":
-        reason = f"{name} needs a CUDA device, the model runs on {torch.device(device).type}"
-    if reason:
-        if name not in _warned:
+    device = torch.device(device)
+    key = (name, str(device))
+    if key not in _chosen:
+        reason = _unavailable(name, device)
+        _chosen[key] = "sdpa" if reason else name
+        if reason:
             log.warning("attention backend %s unavailable: %s; using PyTorch SDPA", name, reason)
-            _warned.add(name)
-        return "sdpa"
-    return name
+        else:
+            log.info("attention: %s on %s", "PyTorch SDPA" if name == "sdpa" else name, device)
+    return _chosen[key]
+
+
+def _unavailable(name: str, device: torch.device) -> str | None:
+    """Why `name` cannot run on `device`, or None."""
+    if name == "sdpa":
+        return None
+    module = "flash_attn" if name == "flash_attn" else "sageattention"
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install {module.replace('_', '-')})"
+    if device.type != "cuda":
+        return f"{name} needs a CUDA device, the model runs on {device.type}"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CUDA_CAPABILITY[name]:
+        need = ".".join(map(str, MIN_CUDA_CAPABILITY[name]))
+        return f"{name} needs a GPU of compute capability {need} or newer, {device} has {capability[0]}.{capability[1]}"
+    return None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:

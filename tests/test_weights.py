@@ -222,11 +222,29 @@ def test_weights_are_used_in_place_in_the_file_map(golden_dir, tiny_sd):
     assert sum(params[k].data_ptr() - base == header[k]["data_offsets"][0] for k in header) == 0
 
 
-def test_attention_backend_falls_back_to_sdpa_with_a_log(caplog):
-    with caplog.at_level(logging.WARNING):
+def test_attention_backend_falls_back_to_sdpa_with_a_log(caplog, monkeypatch):
+    import importlib.util
+
+    from ovi_core import attention
+
+    monkeypatch.setattr(attention, "_chosen", {})
+    with caplog.at_level(logging.INFO, logger="ovi_core.attention"):
         assert resolve_backend("flash_attn", "cpu") == "sdpa"
         assert resolve_backend("sage", "cpu") == "sdpa"
-    assert "using PyTorch SDPA" in caplog.text
+        assert resolve_backend("flash_attn", "cpu") == "sdpa"  # decided once: no second line
+        assert resolve_backend("sdpa", "cpu") == "sdpa"
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("flash_attn unavailable" in m for m in lines) == 1 and sum("sage unavailable" in m for m in lines) == 1
+    assert "attention: PyTorch SDPA on cpu" in lines
+    # installed, on CUDA, but a GPU older than Ampere: named with the capability it has
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ovi_core.attention"):
+        assert resolve_backend("flash_attn", "cuda:0") == "sdpa"
+    assert "compute capability 8.0 or newer, cuda:0 has 7.5" in caplog.text
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert resolve_backend("sage", "cuda:1") == "sage"
     with pytest.raises(ValueError):
         resolve_backend("xformers")
 
