@@ -31,8 +31,6 @@ from __future__ import annotations
 import logging
 import math
 
-import torch
-
 import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
@@ -43,6 +41,8 @@ import comfy.patcher_extension
 import comfy.samplers
 import comfy.supported_models_base
 import comfy.utils
+import torch
+
 from ovi_core.errors import OviInputError
 from ovi_core.fusion import OviFusion, TextContext
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
@@ -224,7 +224,7 @@ class OviAV(comfy.model_base.BaseModel):
     def process_latent_out(self, latent):
         return self._per_part(latent, self.latent_format.process_out)
 
-    def memory_required(self, input_shape, cond_shapes={}):
+    def memory_required(self, input_shape, cond_shapes={}):  # noqa: B006 (core BaseModel's signature, read only)
         """Activation memory of one forward, from the token counts (a rough bound; core's formula assumes pixels)."""
         cfg = self.diffusion_model.cfg
         shapes = self.latent_shapes
@@ -236,7 +236,8 @@ class OviAV(comfy.model_base.BaseModel):
         return input_shape[0] * tokens * per_token * 2
 
     # -- one model evaluation --
-    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},  # noqa: B006 (core's signature)
+                     **kwargs):
         fusion: OviFusion = self.diffusion_model
         sigma = t
         timestep = self.model_sampling.timestep(t).float()  # 1000·σ, as Ovi's euler path

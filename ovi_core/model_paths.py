@@ -324,8 +324,13 @@ def _check_fusion(path: Path) -> str:
     import torch
 
     from ovi_core.fusion import OviFusion
-    from ovi_core.weights import _check_keys, check_is_fusion_checkpoint, config_from_checkpoint, detect_variant
-    from ovi_core.weights import inspect_checkpoint
+    from ovi_core.weights import (
+        _check_keys,
+        check_is_fusion_checkpoint,
+        config_from_checkpoint,
+        detect_variant,
+        inspect_checkpoint,
+    )
 
     info = inspect_checkpoint(path)
     check_is_fusion_checkpoint(info)

@@ -380,14 +380,14 @@ CASES = [
          ["is not a umT5 text encoder", "VAE"], weights_with("text", copy_of("Wan2.2-TI2V-5B/Wan2.2_VAE.pth"))),
     case("check-vocoder-is-text", ["check-weights", "--ckpt-dir", "ckpts"], 3,
          ["best_netG.pt is neither a safetensors file nor a PyTorch checkpoint"],
-         weights_with("vocoder", lambda w, l: b"<html>404 Not Found</html>")),
+         weights_with("vocoder", lambda w, layout: b"<html>404 Not Found</html>")),
     case("check-audio-vae-is-the-vocoder", ["check-weights", "--ckpt-dir", "ckpts"], 3,
          ["not an MMAudio audio VAE", "BigVGAN"], weights_with("audio", copy_of("MMAudio/ext_weights/best_netG.pt"))),
     case("check-pickle-with-code-is-not-run", ["check-weights", "--ckpt-dir", "ckpts"], 3,
          ["Wan2.2_VAE.pth contains Python objects other than tensors", "not unpickled"],
          weights_with("vae", code_pickle)),
     case("check-empty-fusion-file", ["check-weights", "--ckpt-dir", "ckpts"], 3, ["model.safetensors is empty"],
-         weights_with("fusion", lambda w, l: b"")),
+         weights_with("fusion", lambda w, layout: b"")),
     case("check-fusion-missing-audio-tower", ["check-weights", "--ckpt-dir", "ckpts"], 3,
          ["video_model.* keys but no audio_model.*"], weights_with("fusion", fusion_without("audio_model."))),
     case("check-fusion-missing-keys", ["check-weights", "--ckpt-dir", "ckpts"], 3, ["keys missing", "incomplete"],
@@ -395,7 +395,7 @@ CASES = [
     case("check-fusion-wrong-dtype", ["check-weights", "--ckpt-dir", "ckpts"], 3, ["not floating point", "wrong dtype"],
          weights_with("fusion", int8_fusion)),
     case("check-fusion-is-random-tensors", ["check-weights", "--ckpt-dir", "ckpts"], 3, ["is not an Ovi fused"],
-         weights_with("fusion", lambda w, l: safetensors_of({"foo": __import__("torch").zeros(2)})(w, l))),
+         weights_with("fusion", lambda w, layout: safetensors_of({"foo": __import__("torch").zeros(2)})(w, layout))),
 ]
 
 
