@@ -34,7 +34,7 @@ def golden_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_fusion(golden_dir):
     """The golden tiny fusion model, float32 (shared: do not modify it in a test)."""
-    from ovi_core.conformance_cases.forward import tiny_model
+    from conformance.cases.forward import tiny_model
 
     return tiny_model(golden_dir)
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conformance.cases import audio_encode as audio_encode_case
+from conformance.runner import CASE_KINDS, find_cases
 from ovi_core.audio_input import encode_audio, encode_audio_batch, prepare_audio
 from ovi_core.audio_resample import resample_audio
 from ovi_core.bigvgan import fold_weight_norm
-from ovi_core.conformance import CASE_KINDS, find_cases
-from ovi_core.conformance_cases import audio_encode as audio_encode_case
 from ovi_core.errors import OviInputError, WrongFileError
 from ovi_core.mmaudio_encoder import audio_encoder_from_state_dict, load_audio_encoder, slaney_mel_filterbank
 from ovi_core.mmaudio_vae import audio_decoder_from_state_dicts, mel_vae_from_state_dict, normalize_mp_weight
@@ -59,7 +59,7 @@ def _peak_hz(x: torch.Tensor, sr: int = 16000) -> float:
 
 
 def test_golden_case_runs_in_the_conformance_runner(golden_dir):
-    assert CASE_KINDS["audio_encode_case"] == "ovi_core.conformance_cases.audio_encode:run"
+    assert CASE_KINDS["audio_encode_case"] == "conformance.cases.audio_encode:run"
     path = golden_dir / "audio_encode_case_0.safetensors"
     assert ("audio_encode_case", path) in find_cases(golden_dir)
     outcome = audio_encode_case.run(path)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conformance.cases import forward
 from ovi_core.config import FusionConfig
-from ovi_core.conformance_cases import forward
 from ovi_core.errors import OviInputError
 from ovi_core.fusion import OviFusion
 

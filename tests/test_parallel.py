@@ -35,7 +35,7 @@ def _model(heads: int, golden_dir: str):
     from ovi_core.weights import init_weights_seeded
 
     if heads == 2:  # the golden tiny model itself
-        from ovi_core.conformance_cases.forward import tiny_model
+        from conformance.cases.forward import tiny_model
 
         return tiny_model(Path(golden_dir))
     model = init_weights_seeded(OviFusion(FusionConfig.scaled(dim=96, ffn_dim=128, num_heads=heads, num_layers=3)), 0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ovi_core.conformance_cases import sampling
+from conformance.cases import sampling
 from ovi_core.errors import OviInputError, OviInterrupted
 from ovi_core.sampler import (
     DEFAULT_AUDIO_NEGATIVE_PROMPT,

@@ -254,7 +254,7 @@ def test_padding_to_longest_prompt_matches_512_padding(golden_dir, case):
 
 
 def test_conformance_runner_passes(golden_dir):
-    from ovi_core.conformance_cases.text_encoder import run
+    from conformance.cases.text_encoder import run
 
     outcome = run(golden_dir / "t5_case_0.safetensors")
     assert outcome.passed and outcome.tolerance == TOL, outcome

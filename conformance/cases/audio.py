@@ -10,8 +10,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ..conformance import CaseOutcome
-from ..mmaudio_vae import audio_decoder_from_state_dicts
+from conformance.runner import CaseOutcome
+from ovi_core.mmaudio_vae import audio_decoder_from_state_dicts
+
 from .common import load_case, max_abs_err
 
 TOLERANCE = 1e-4  # float32 implementation vs the float32 reference run

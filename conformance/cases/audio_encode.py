@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ..conformance import CaseOutcome
-from ..mmaudio_encoder import load_audio_encoder
+from conformance.runner import CaseOutcome
+from ovi_core.mmaudio_encoder import load_audio_encoder
+
 from .common import load_case, max_abs_err
 
 TOLERANCE = 1e-4  # float32 implementation vs the float32 reference run (its fp32-vs-fp64 difference: 2.4e-6)

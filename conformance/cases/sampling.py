@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ovi_core.conformance import CaseOutcome
-from ovi_core.conformance_cases.common import load_case, max_abs_err
-from ovi_core.conformance_cases.forward import tiny_model
+from conformance.cases.common import load_case, max_abs_err
+from conformance.cases.forward import tiny_model
+from conformance.runner import CaseOutcome
 
 TOLERANCE = 5e-4  # float32; the reference's own fp32-vs-fp64 difference on final.* is <= 4.2e-6
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..conformance import CaseOutcome
-from ..wan_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD, video_vae_from_state_dict
+from conformance.runner import CaseOutcome
+from ovi_core.wan_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD, video_vae_from_state_dict
+
 from .common import load_case, max_abs_err
 
 TOLERANCE = 1e-4  # float32 implementation vs the float32 reference run

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..conformance import CaseOutcome
-from ..text_encoder import encode_token_ids, load_umt5_encoder
+from conformance.runner import CaseOutcome
+from ovi_core.text_encoder import encode_token_ids, load_umt5_encoder
+
 from .common import load_case, max_abs_err
 
 TOLERANCE = 1e-4  # golden README: float32 implementations, atol 1e-4 on the trimmed contexts (fp32 vs fp64: 6.7e-6)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ovi_core.conformance import CaseOutcome
-from ovi_core.conformance_cases.common import load_case, max_abs_err
+from conformance.cases.common import load_case, max_abs_err
+from conformance.runner import CaseOutcome
 
 TOLERANCE = 1e-4  # float32; the reference's own fp32-vs-fp64 difference is <= 2.75e-6
 

@@ -1,0 +1,1 @@
+"""Golden-case runners for the conformance runner (python -m conformance), one file per model family."""

@@ -1,1 +1,0 @@
-"""Golden-case runners for ovi_core.conformance, one file per model family."""
