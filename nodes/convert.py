@@ -71,6 +71,16 @@ def video_latent_from_comfy(latent, socket: str = "video_latent") -> torch.Tenso
     return (x.float() - mean) / std
 
 
+def joint_latent_parts(latent, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(video [B, 48, F, h, w], audio [B, 20, L]) of a joint audio+video LATENT, or OviInputError naming ``what``
+    the socket expects (the message ends the sentence "latent must be ...")."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    parts = samples.unbind() if getattr(samples, "is_nested", False) else None
+    if parts is None or len(parts) != 2 or parts[0].dim() != 5 or parts[1].dim() != 3:
+        raise OviInputError(f"latent must be {what}")
+    return parts[0], parts[1]
+
+
 def audio_latent_to_comfy(audio: torch.Tensor, device: torch.device) -> dict:
     """Sampler layout [B, L, 20] -> ComfyUI LATENT {"samples": [B, 20, L], "type": "audio"}."""
     return {"samples": audio.float().transpose(1, 2).contiguous().to(device), "type": "audio"}

@@ -104,12 +104,11 @@ def plan_seam(video_latents: int, audio_latents: int, overlap_seconds: float) ->
 def _joint(latent) -> tuple[torch.Tensor, torch.Tensor]:
     from ovi_core.errors import OviInputError
 
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    parts = samples.unbind() if getattr(samples, "is_nested", False) else None
-    if parts is None or len(parts) != 2 or parts[0].dim() != 5 or parts[1].dim() != 3:
-        raise OviInputError("latent must be the previous window's joint audio+video LATENT (the output of "
-                            "SamplerCustomAdvanced / KSampler / Ovi Sampler's latent), not a video or audio latent")
-    video, audio = parts
+    from .convert import joint_latent_parts
+
+    video, audio = joint_latent_parts(latent, "the previous window's joint audio+video LATENT (the output of "
+                                      "SamplerCustomAdvanced / KSampler / Ovi Sampler's latent), not a video or audio "
+                                      "latent")
     if video.shape[0] != 1 or audio.shape[0] != 1:
         raise OviInputError(f"latent holds a batch of {video.shape[0]} clips; Ovi Extend continues one clip (pick it "
                             "with core LatentFromBatch before decoding and extending)")

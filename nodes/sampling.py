@@ -12,6 +12,7 @@ from .bridge import io
 from .convert import (
     audio_latent_to_comfy,
     check_size,
+    joint_latent_parts,
     refuse,
     start_image_to_frames,
     text_from_conditioning,
@@ -99,12 +100,9 @@ def _joint_parts(latent):
     NATIVE_MASK: sampled by av_nodes.sample_masked (with ComfyUI) on the native path with Ovi's own solver."""
     from ovi_core.errors import OviInputError
 
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    parts = samples.unbind() if getattr(samples, "is_nested", False) else None
-    if parts is None or len(parts) != 2 or parts[0].dim() != 5 or parts[1].dim() != 3:
-        raise OviInputError("latent must be the joint audio+video LATENT (Ovi Empty Latent, LTXVConcatAVLatent or Ovi "
-                            "Sampler's latent output); the separate video / audio latents go to the decoders")
-    video, audio = parts
+    video, audio = joint_latent_parts(latent, "the joint audio+video LATENT (Ovi Empty Latent, LTXVConcatAVLatent or "
+                                      "Ovi Sampler's latent output); the separate video / audio latents go to the "
+                                      "decoders")
     if video.shape[0] != 1 or audio.shape[0] != 1:
         raise OviInputError(f"latent holds a batch of {video.shape[0]}; Ovi Sampler makes one clip (for batches use "
                             "SamplerCustomAdvanced with Ovi Guider)")
