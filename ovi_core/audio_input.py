@@ -7,7 +7,7 @@ Stated rules (`prepare_audio`), applied in this order:
 1. Checked: a float tensor [channels, samples] (or [samples] = mono), 1-8 channels, at least one sample, no NaN/inf;
    the sample rate an integer from 1,000 to 768,000 Hz. Anything else raises OviInputError saying what to do.
 2. Mixed to mono by averaging the channels (a stereo file with opposite channels cancels: that is the rule).
-3. Resampled to 16 kHz with the project's resampler (`audio_resample.resample_audio`, FFmpeg's swresample);
+3. Resampled to 16 kHz with the project's resampler (`audio_resample.resample_audio`: torchaudio's, else FFmpeg's);
    a long input is first cut at the source rate to what the window needs plus a margin, so an hour of audio is
    not resampled to use 5 s of it.
 4. Fitted to the window (the variant's audio latent length x 512 samples: 80,384 for the 5 s models, 160,768 for

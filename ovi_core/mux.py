@@ -135,18 +135,6 @@ def align_audio_to_video(audio: np.ndarray, sample_rate: int, num_frames: int, f
     return audio, AlignmentNote(n, target, max(0, target - n), max(0, n - target))
 
 
-def _resample(audio: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
-    """Band-limited resampling with FFmpeg's resampler (only used for rates AAC cannot store)."""
-    import av
-
-    layout = "mono" if audio.shape[0] == 1 else "stereo"
-    resampler = av.AudioResampler(format="fltp", layout=layout, rate=to_sr)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout=layout)
-    frame.sample_rate = from_sr
-    chunks = [f.to_ndarray() for f in resampler.resample(frame)] + [f.to_ndarray() for f in resampler.resample(None)]
-    return np.concatenate(chunks, axis=1) if chunks else np.zeros((audio.shape[0], 0), np.float32)
-
-
 # ---- writing ---------------------------------------------------------------------------------------------------
 def write_mp4(
     path: str | os.PathLike,
@@ -194,7 +182,12 @@ def write_mp4(
         wave = audio_to_numpy(audio)
         if sample_rate not in AAC_SAMPLE_RATES:
             logger.info("AAC cannot store %d Hz; resampling the audio to %d Hz", sample_rate, FALLBACK_SAMPLE_RATE)
-            wave, sample_rate = _resample(wave, sample_rate, FALLBACK_SAMPLE_RATE), FALLBACK_SAMPLE_RATE
+            import torch  # only here: the rest of this module works on numpy without torch
+
+            from ovi_core.audio_resample import resample_audio
+
+            wave = resample_audio(torch.from_numpy(wave), sample_rate, FALLBACK_SAMPLE_RATE).numpy()
+            sample_rate = FALLBACK_SAMPLE_RATE
         wave, note = align_audio_to_video(wave, sample_rate, num_frames, float(rate))
 
     tmp = partial_path(path)
