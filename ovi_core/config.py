@@ -173,10 +173,6 @@ class Variant:
     def num_frames(self) -> int:
         return 1 + 4 * (self.video_latent_length - 1)
 
-    @property
-    def num_audio_samples(self) -> int:
-        return 512 * self.audio_latent_length
-
 
 VARIANTS: dict[str, Variant] = {
     v.name: v

@@ -53,8 +53,6 @@ from ovi_core.sampler import (
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
 
 # ---- requests, progress, results -------------------------------------------------------------------------------
 @dataclass(frozen=True)

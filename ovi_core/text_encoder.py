@@ -226,19 +226,10 @@ class OviTextEncoder:
     def dtype(self) -> torch.dtype:
         return self.model.shared.weight.dtype
 
-    @property
-    def output_dim(self) -> int:
-        return self.model.config.d_model
-
     def to(self, device=None, dtype: torch.dtype | None = None) -> OviTextEncoder:
         """Move (e.g. to "cpu" after encoding to free the GPU); fp8 weights stay fp8."""
         self.model.to(device=device, dtype=dtype)
         return self
-
-    def memory_bytes(self) -> int:
-        """Bytes held by the encoder's weights (fp8 layers count 1 byte per weight)."""
-        tensors = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
-        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def tokenize(self, prompts: list[str]) -> TokenizedPrompts:
         """Clean, tokenize, cut to text_len - 1 text tokens (with a warning) and append EOS."""
