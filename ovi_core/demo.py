@@ -62,9 +62,6 @@ def demo_notice(steps: int = DEMO_SETTINGS.steps) -> str:
     )
 
 
-DEMO_NOTICE = demo_notice()
-
-
 def build_demo_fusion(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device = "cpu") -> OviFusion:
     """The tiny fusion model with deterministic weights (float32)."""
     model = init_weights_seeded(OviFusion(DEMO_CONFIG), seed)

@@ -61,7 +61,6 @@ class EncoderFileInfo:
     weight_dtypes: dict[str, int] = field(default_factory=dict)  # dtype name -> number of tensors
     fp8_layers: int = 0
     fp8_kept: bool = False
-    embedded_tokenizer: bytes | None = None  # ComfyUI's spiece_model
     config: dict = field(default_factory=dict)
 
 
@@ -153,8 +152,6 @@ def load_umt5_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype 
                 t = t.float() * f.get(scale_key).float()
             _set_tensor(model, name, t.to(device=device, dtype=dtype))
         info.fp8_kept = keep_fp8 and info.fp8_layers > 0
-        info.embedded_tokenizer = next((f.get(k).numpy().tobytes() for k in f.keys if k.endswith("spiece_model")),
-                                       None)
 
     # 3. checks
     model.encoder.embed_tokens = model.shared  # the tie made on the meta device points at the old tensor
