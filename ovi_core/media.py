@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ovi_core.errors import OviInputError
+from ovi_core.images import pil_to_rgb, read_image
 from ovi_core.sizes import image_size_for_area
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def _unit_range(x: torch.Tensor, name: str) -> torch.Tensor:
     """Any dtype -> float32 in 0..1: uint8 / 255, uint16 / 65535, floats as they are (NaN refused, outside clipped)."""
     if x.dtype == torch.uint8:
         return x.float() / 255.0
-    if x.dtype == getattr(torch, "uint16", torch.uint8):
+    if x.dtype == getattr(torch, "uint16", torch.uint8):  # torch >= 2.3 has uint16 tensors (from numpy)
         return x.float() / 65535.0
     if not x.is_floating_point():
         raise OviInputError(f"{name} must be uint8 (0..255), uint16 (0..65535) or float (0..1), got {x.dtype}")
@@ -83,8 +84,6 @@ def _unit_range(x: torch.Tensor, name: str) -> torch.Tensor:
 
 def image_to_rgb(image, name: str = "image") -> torch.Tensor:
     """One picture (see the module docstring for what is accepted) -> float32 [H, W, 3] in 0..1 on the CPU."""
-    from ovi_core.images import pil_to_rgb, read_image
-
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
     elif hasattr(image, "convert") and hasattr(image, "size") and hasattr(image, "mode"):  # a PIL image

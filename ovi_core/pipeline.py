@@ -536,12 +536,13 @@ class OviPipeline:
         check_negative_prompt(req.audio_negative_prompt, "audio")
         row.prompt = format_prompt_for_variant(req.prompt, self.variant)
         side = math.isqrt(self.variant.target_area)
-        sized = req.height is not None or req.width is not None  # the clip's size: the request's, at the model's area
-        shapes = latent_shapes(self.variant, side if req.height is None else req.height,
-                               side if req.width is None else req.width) if sized or req.image is None else None
-        if req.image is not None:  # the first frame: ovi_core.media's rule (the original's size when none is given)
-            row.image = first_frame(req.image, shapes and shapes.width, shapes and shapes.height,
-                                    self.variant.target_area)
+        width = height = None  # image-to-video without a size: the image's (the original's rule, in first_frame)
+        if req.image is None or req.height is not None or req.width is not None:  # the request's, at the model's area
+            shapes = latent_shapes(self.variant, side if req.height is None else req.height,
+                                   side if req.width is None else req.width)
+            width, height = shapes.width, shapes.height
+        if req.image is not None:  # the first frame: ovi_core.media's rule, the nodes' too
+            row.image = first_frame(req.image, width, height, self.variant.target_area)
             shapes = latent_shapes(self.variant, row.image.shape[3], row.image.shape[4], snap=False)
         row.video_shape, row.audio_shape = shapes.video, shapes.audio
 
