@@ -227,8 +227,8 @@ class OviSampler(io.ComfyNode):
                 io.Image.Input("start_image", optional=True, tooltip=(
                     "Image-to-video: the first frame (any IMAGE, e.g. LoadImage or another clip's last frame). "
                     "Resized whole (bicubic, as the original Ovi and the CLI) when width x height is the size Ovi "
-                    "gives this image's aspect ratio; otherwise centre-cropped to width:height first, never "
-                    "stretched. Alpha is ignored.")),
+                    "gives this image's aspect ratio; otherwise centre-cropped to width:height first (not "
+                    "stretched). Alpha is ignored.")),
                 OviVideoVAEType.Input("video_vae", optional=True, tooltip="Needed with a start image, to encode it."),
                 io.Conditioning.Input("positive", optional=True, tooltip=(
                     "Instead of text: the prompt as CONDITIONING (Ovi Text Encode's positive, or core CLIPTextEncode "
