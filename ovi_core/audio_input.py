@@ -31,6 +31,7 @@ import torch
 from .audio_resample import resample_audio
 from .config import Variant, get_variant
 from .errors import OviInputError
+from .media import audio_layout
 from .mmaudio_encoder import AudioEncoder
 from .mmaudio_vae import SAMPLE_RATE, SAMPLES_PER_LATENT
 
@@ -163,14 +164,11 @@ def encode_audio_batch(
     variant: Variant | str | None = None,
     num_latents: int | None = None,
 ) -> torch.Tensor:
-    """waveform [B, C, N] (ComfyUI AUDIO's layout) at `sample_rate` -> float32 audio latents [B, L, 20] in the
-    sampler's layout (channel last; the VAE / ComfyUI LATENT layout is its transpose(1, 2), [B, 20, L]).
-    L is the variant's audio latent length unless `num_latents` is given. Each clip is prepared by prepare_audio."""
-    if isinstance(waveform, np.ndarray):
-        waveform = torch.from_numpy(waveform)
-    if not isinstance(waveform, torch.Tensor) or waveform.dim() != 3:
-        shape = tuple(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
-        raise OviInputError(f"audio batch must be a tensor [batch, channels, samples]; got {shape}")
+    """waveform [B, C, N] (ComfyUI AUDIO's layout; [C, N] and [N] are one clip, ovi_core.media.audio_layout) at
+    `sample_rate` -> float32 audio latents [B, L, 20] in the sampler's layout (channel last; the VAE / ComfyUI LATENT
+    layout is its transpose(1, 2), [B, 20, L]). L is the variant's audio latent length unless `num_latents` is given.
+    Each clip is prepared by prepare_audio."""
+    waveform = audio_layout(waveform, "audio batch")
     if waveform.shape[0] == 0:
         raise OviInputError(f"audio batch is empty: shape {tuple(waveform.shape)}")
     length = _latent_length(variant, num_latents)

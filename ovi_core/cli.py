@@ -195,10 +195,13 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
                      "(720x720_5s) or a final 'Audio: ...' (960 models); the wrong spelling is rewritten")
     src.add_argument("--prompts", type=Path, help="batch: a .txt file (one prompt per line) or a .csv/.tsv with a "
                      "text_prompt column and an optional image_path column (as the reference's example_prompts/)")
-    what.add_argument("--image", type=Path, help="first frame (image-to-video); the size then comes from the image")
+    what.add_argument("--image", type=Path, help="first frame (image-to-video). Alone, the clip takes the image's "
+                      "aspect ratio at the model's area (the original's size, multiples of 32); with --width/--height "
+                      "the image is centre-cropped to that aspect ratio (nothing is stretched) and resized, bicubic "
+                      "(ovi_core.media)")
     what.add_argument("--width", type=_int_in(1, MAX_SIDE, "pixels"), help="width in pixels, 1.."
                       f"{MAX_SIDE}: with --height it sets the aspect ratio; the model keeps its trained area "
-                      "(default square)")
+                      "(default square, or the --image's aspect ratio)")
     what.add_argument("--height", type=_int_in(1, MAX_SIDE, "pixels"), help=f"height in pixels, 1..{MAX_SIDE}")
     what.add_argument("--video-negative", default=DEFAULT_VIDEO_NEGATIVE_PROMPT,
                       help=f"video negative prompt (default: {DEFAULT_VIDEO_NEGATIVE_PROMPT!r})")
@@ -707,9 +710,6 @@ def check_size(args, pipe) -> None:
     from ovi_core.sizes import check_clip_size, snap_to_area
 
     if args.width is None and args.height is None:
-        return
-    if args.prompts is None and args.image is not None:
-        logger.info("--image given: the clip's size comes from the image; --width/--height are ignored")
         return
     side = math.isqrt(pipe.variant.target_area)
     width, height = args.width or side, args.height or side

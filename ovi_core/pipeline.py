@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ovi_core.config import Variant, get_variant
 from ovi_core.errors import OviError, OviInputError, OviInterrupted
+from ovi_core.media import clip_to_images, first_frame
 from ovi_core.sampler import (
     DEFAULT_AUDIO_NEGATIVE_PROMPT,
     DEFAULT_VIDEO_NEGATIVE_PROMPT,
@@ -73,7 +73,10 @@ ProgressCallback = Callable[[Progress], None]
 class GenerationRequest:
     """One clip to generate. settings None = the pipeline's defaults; height/width None = the variant's area.
 
-    image: a file path, a PIL image, or an array/tensor [H, W, 3] / [1, H, W, 3] (uint8 or float 0..1)."""
+    image: the first frame (image-to-video): a file path, a PIL image, or an array/tensor [H, W, C] / [1, H, W, C]
+    (uint8, uint16 or float 0..1). Without height/width the clip takes the image's aspect ratio at the model's area
+    (the original's size); with them it is that clip, the image centre-cropped to its aspect ratio when it differs
+    (ovi_core.media.first_frame)."""
 
     prompt: str
     image: Any = None
@@ -178,48 +181,6 @@ def _audio_api(name: str):
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ---- image-to-video input --------------------------------------------------------------------------------------
-def load_image(image) -> torch.Tensor:
-    """A path, PIL image or array/tensor [H, W, 3|4] / [1, H, W, 3] -> float32 [3, H, W] in 0..1 (RGB).
-
-    Files and PIL images in any pixel format (16-bit, float, palette, grey, alpha) are read by ovi_core.images;
-    arrays are uint8 (0..255), uint16 (0..65535) or float (0..1)."""
-    import numpy as np
-
-    from ovi_core.images import pil_to_rgb, read_image
-
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
-    elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        image = pil_to_rgb(image)
-    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
-        image = image.astype(np.float32) / 65535.0
-    x = image.detach().cpu() if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
-    if x.dim() == 4 and x.shape[0] == 1:
-        x = x[0]
-    if x.dim() != 3 or x.shape[-1] not in (3, 4) or min(x.shape[:2]) < 1:
-        raise OviInputError(f"an image must be [height, width, 3] (RGB), got shape {list(x.shape)}")
-    x = x[..., :3]
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    if not torch.isfinite(x).all():
-        raise OviInputError("the image holds NaN or infinite values")
-    return x.permute(2, 0, 1).contiguous()
-
-
-def preprocess_first_frame(image, target_area: int) -> torch.Tensor:
-    """The reference's image-to-video preprocessing: RGB scaled to [-1, 1], bicubic resize to the multiple-of-32
-    size closest to the target area and the image's aspect ratio -> [1, 3, 1, H, W]."""
-    from ovi_core.sizes import image_size_for_area
-
-    x = load_image(image) * 2.0 - 1.0  # [3, h, w]
-    h, w = x.shape[1:]
-    th, tw = image_size_for_area(h, w, target_area)
-    if (th, tw) != (h, w):
-        x = F.interpolate(x[None], size=(th, tw), mode="bicubic", align_corners=False)[0]
-    logger.info("first frame: %dx%d image resized to %dx%d", w, h, tw, th)
-    return x[None, :, None]
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------------
@@ -572,15 +533,15 @@ class OviPipeline:
         check_negative_prompt(req.video_negative_prompt, "video")
         check_negative_prompt(req.audio_negative_prompt, "audio")
         row.prompt = format_prompt_for_variant(req.prompt, self.variant)
-        if req.image is not None:
-            if req.height is not None or req.width is not None:
-                logger.info("image-to-video: the size comes from the image; height/width are ignored")
-            row.image = preprocess_first_frame(req.image, self.variant.target_area)
-            shapes = latent_shapes(self.variant, row.image.shape[3], row.image.shape[4], snap=False)
-        else:
-            side = math.isqrt(self.variant.target_area)
+        side = math.isqrt(self.variant.target_area)
+        width = height = None  # image-to-video without a size: the image's (the original's rule, in first_frame)
+        if req.image is None or req.height is not None or req.width is not None:  # the request's, at the model's area
             shapes = latent_shapes(self.variant, side if req.height is None else req.height,
                                    side if req.width is None else req.width)
+            width, height = shapes.width, shapes.height
+        if req.image is not None:  # the first frame: ovi_core.media's rule, the nodes' too
+            row.image = first_frame(req.image, width, height, self.variant.target_area)
+            shapes = latent_shapes(self.variant, row.image.shape[3], row.image.shape[4], snap=False)
         row.video_shape, row.audio_shape = shapes.video, shapes.audio
 
     def _encode_text(self, encoder, row: _Row) -> None:
@@ -612,7 +573,7 @@ class OviPipeline:
         report("decode", 0, parts, row)
         pixels = vae.decode(video_latent.to(vae.device), tile=self.vae_tile, output_device="cpu",
                             progress=lambda done, total: report("decode", done * latent_frames // total, parts, row))
-        frames = ((pixels[0].float() + 1.0) / 2.0).clamp_(0.0, 1.0).permute(1, 2, 3, 0).contiguous()
+        frames = clip_to_images(pixels[:1])  # [T, H, W, 3] in 0..1
         del pixels
         wave = audio_decoder.decode(audio_latent.transpose(1, 2).to(self.device))  # [1, 1, N] at 16 kHz
         audio = wave[0].float().cpu()
@@ -625,5 +586,4 @@ class OviPipeline:
                          is_demo=self.is_demo, image_to_video=row.request.image is not None)
 
 
-__all__ = ["BatchReport", "GenerationRequest", "OviPipeline", "OviResult", "Progress", "load_image",
-           "preprocess_first_frame"]
+__all__ = ["BatchReport", "GenerationRequest", "OviPipeline", "OviResult", "Progress"]
