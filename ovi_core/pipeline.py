@@ -308,7 +308,7 @@ class OviPipeline:
         vocoder: str | os.PathLike | None,
         tokenizer: str | os.PathLike | None = None,
         *,
-        variant: str | None = None,
+        variant: str | Variant | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.bfloat16,
         vae_dtype: torch.dtype = torch.float32,
@@ -320,7 +320,8 @@ class OviPipeline:
         process_group=None,
     ) -> OviPipeline:
         """From explicit files (vocoder None: the audio VAE file carries it, as ComfyUI's single MMAudio file).
-        Nothing is loaded yet; missing files and a wrong fused file fail here, the decoders at the first generate."""
+        Nothing is loaded yet; missing files and a wrong fused file fail here, the decoders at the first generate.
+        variant: a Variant (or its name); None: the fused file tells (its metadata or name)."""
         from ovi_core.model_paths import OviWeightPaths, check_paths
         from ovi_core.weights import (
             check_is_fusion_checkpoint,
@@ -353,7 +354,7 @@ class OviPipeline:
             from ovi_core.weights import load_fusion_model
 
             model, _ = load_fusion_model(paths.fusion, device=device, dtype=dtype, weight_dtype=weight_dtype,
-                                         config=cfg, variant=v.name, attention=attention)
+                                         config=cfg, variant=v, attention=attention)
             return model
 
         def load_video_vae():
