@@ -484,22 +484,24 @@ class OviPipeline:
             self._check_decoders_once(batch)
 
             # 1. text encoder, then freed (sequence parallel: on rank 0, the embeddings sent to the other ranks)
+            #    row.text: prompt, video negative, audio negative, each [tokens, 4096]
             if batch.live():
                 self._encode_on_main(batch, "text_encoder", "text", "text encoding", self._encode_text)
                 self._share_from_main(batch.rows, "text")
 
             # 2. first frames (image-to-video) through the VAE encoder (sequence parallel: the same, rank 0)
+            #    row.image [1, 3, 1, H, W] -> row.first_frame [1, 48, 1, h, w]
             if batch.live(need_image=True):
                 self._encode_on_main(batch, "video_vae", "image", "image encoding", self._encode_image, need_image=True)
                 self._share_from_main(batch.rows, "first_frame")
                 for row in batch.rows:
                     row.image = None
 
-            # 3. joint sampling
+            # 3. joint sampling: row.latents = video [1, 48, F, h, w], audio [1, L, 20]
             if batch.live():
                 self._sample_all(batch, step_callback)
 
-            # 4. decoding; results are handed out one by one
+            # 4. decoding; results (frames [T, H, W, 3], audio [1, N]) are handed out one by one
             results = self._decode_all(batch, on_result)
         return BatchReport(results, batch.errors())
 
