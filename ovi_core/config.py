@@ -186,7 +186,10 @@ DEFAULT_VARIANT = "720x720_5s"
 FP8_FILENAME = "model_fp8_e4m3fn.safetensors"  # rkfg/Ovi-fp8_quantized, a 720x720_5s model
 
 
-def get_variant(name: str) -> Variant:
+def get_variant(name: str | Variant) -> Variant:
+    """The released variant called ``name`` (a Variant is returned as it is: callers that resolved it pass it on)."""
+    if isinstance(name, Variant):
+        return name
     try:
         return VARIANTS[name]
     except KeyError:

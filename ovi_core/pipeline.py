@@ -165,20 +165,6 @@ class _Part:
         logger.debug("freed the %s", self.label)
 
 
-def _audio_api(name: str):
-    """load_audio_decoder / build_demo_audio_decoder from the audio decoder modules."""
-    import importlib
-
-    for module in ("ovi_core.mmaudio_vae", "ovi_core.bigvgan"):
-        try:
-            fn = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if fn is not None:
-            return fn
-    raise OviError(f"this install has no audio decoder ({name} not found in ovi_core.mmaudio_vae)")
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -197,6 +183,38 @@ class _Row:
     first_frame: torch.Tensor | None = None
     latents: tuple | None = None
     error: BaseException | None = None
+
+
+class _Batch:
+    """The requests of one run on their way through the stages: which are still alive, progress reports, and
+    ``attempt`` — one request's step, whose error (in a batch) is recorded while the others go on."""
+
+    def __init__(self, rows: list[_Row], progress: ProgressCallback | None, should_interrupt, stop_on_error: bool):
+        self.rows, self.progress, self.should_interrupt, self.stop_on_error = rows, progress, should_interrupt, stop_on_error
+
+    def attempt(self, row: _Row, what: str, fn: Callable, *args):
+        """fn(*args) for one request; in a batch its error is recorded and the batch goes on."""
+        if self.should_interrupt is not None and self.should_interrupt():
+            raise OviInterrupted(f"stopped on request before {what} of request {row.index + 1}")
+        try:
+            return fn(*args)
+        except (KeyboardInterrupt, OviInterrupted):
+            raise
+        except Exception as exc:
+            if self.stop_on_error:
+                raise
+            row.error = exc
+            logger.error("request %d of %d failed during %s: %s", row.index + 1, len(self.rows), what, exc)
+
+    def live(self, need_image: bool = False) -> list[_Row]:
+        return [r for r in self.rows if r.error is None and (r.image is not None or not need_image)]
+
+    def report(self, stage: str, done: int, total: int, row: _Row) -> None:
+        if self.progress is not None:
+            self.progress(Progress(stage, done, total, row.index, len(self.rows)))
+
+    def errors(self) -> dict[int, BaseException]:
+        return {r.index: r.error for r in self.rows if r.error is not None}
 
 
 @dataclass
@@ -249,7 +267,7 @@ class OviPipeline:
         vocoder: str | os.PathLike | None,
         tokenizer: str | os.PathLike | None = None,
         *,
-        variant: str | None = None,
+        variant: str | Variant | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.bfloat16,
         vae_dtype: torch.dtype = torch.float32,
@@ -261,7 +279,8 @@ class OviPipeline:
         process_group=None,
     ) -> OviPipeline:
         """From explicit files (vocoder None: the audio VAE file carries it, as ComfyUI's single MMAudio file).
-        Nothing is loaded yet; missing files and a wrong fused file fail here, the decoders at the first generate."""
+        Nothing is loaded yet; missing files and a wrong fused file fail here, the decoders at the first generate.
+        variant: a Variant (or its name); None: the fused file tells (its metadata or name)."""
         from ovi_core.model_paths import OviWeightPaths, check_paths
         from ovi_core.weights import (
             check_is_fusion_checkpoint,
@@ -294,7 +313,7 @@ class OviPipeline:
             from ovi_core.weights import load_fusion_model
 
             model, _ = load_fusion_model(paths.fusion, device=device, dtype=dtype, weight_dtype=weight_dtype,
-                                         config=cfg, variant=v.name, attention=attention)
+                                         config=cfg, variant=v, attention=attention)
             return model
 
         def load_video_vae():
@@ -303,7 +322,9 @@ class OviPipeline:
             return load(paths.video_vae, device=device, dtype=vae_dtype)
 
         def load_audio():
-            return _audio_api("load_audio_decoder")(paths.audio_vae, paths.vocoder, device=device, dtype=vae_dtype)
+            from ovi_core.mmaudio_vae import load_audio_decoder
+
+            return load_audio_decoder(paths.audio_vae, paths.vocoder, device=device, dtype=vae_dtype)
 
         loaders = {"text_encoder": load_text, "fusion": load_fusion, "video_vae": load_video_vae,
                    "audio_decoder": load_audio}
@@ -414,95 +435,86 @@ class OviPipeline:
                 part.release()
 
     def _stages(self, requests, on_result, progress, step_callback, should_interrupt, stop_on_error) -> BatchReport:
-        rows = [_Row(i, r) for i, r in enumerate(requests)]
-        n = len(rows)
-
-        def attempt(row: _Row, what: str, fn: Callable, *args):
-            """fn(*args) for one request; in a batch its error is recorded and the batch goes on."""
-            if should_interrupt is not None and should_interrupt():
-                raise OviInterrupted(f"stopped on request before {what} of request {row.index + 1}")
-            try:
-                return fn(*args)
-            except (KeyboardInterrupt, OviInterrupted):
-                raise
-            except Exception as exc:
-                if stop_on_error:
-                    raise
-                row.error = exc
-                logger.error("request %d of %d failed during %s: %s", row.index + 1, n, what, exc)
-
-        def live(need_image: bool = False) -> list[_Row]:
-            return [r for r in rows if r.error is None and (r.image is not None or not need_image)]
-
-        def report(stage: str, done: int, total: int, row: _Row) -> None:
-            if progress is not None:
-                progress(Progress(stage, done, total, row.index, n))
-
+        batch = _Batch([_Row(i, r) for i, r in enumerate(requests)], progress, should_interrupt, stop_on_error)
         with torch.inference_mode():
-            # 0. check and prepare every request before any model is loaded
-            for row in rows:
-                attempt(row, "preparation", self._prepare, row)
-
-            # the decoders are small: load them once up front so a wrong file fails now, not after sampling
-            if live() and not self._decoders_checked and self.is_main:
-                for key in ("video_vae", "audio_decoder"):
-                    self.parts[key].get()
-                    self.parts[key].release()
-                self._decoders_checked = True
+            # 0. check and prepare every request before any model is loaded; test-load the (small) decoders
+            for row in batch.rows:
+                batch.attempt(row, "preparation", self._prepare, row)
+            self._check_decoders_once(batch)
 
             # 1. text encoder, then freed (sequence parallel: on rank 0, the embeddings sent to the other ranks)
-            if live():
-                if self.is_main:
-                    encoder = self.parts["text_encoder"].get()
-                    for row in live():
-                        report("text", 0, 1, row)
-                        attempt(row, "text encoding", self._encode_text, encoder, row)
-                        report("text", 1, 1, row)
-                    del encoder
-                    self.parts["text_encoder"].release()
-                self._share_from_main(rows, "text")
+            #    row.text: prompt, video negative, audio negative, each [tokens, 4096]
+            if batch.live():
+                self._encode_on_main(batch, "text_encoder", "text", "text encoding", self._encode_text)
+                self._share_from_main(batch.rows, "text")
 
             # 2. first frames (image-to-video) through the VAE encoder (sequence parallel: the same, rank 0)
-            if live(need_image=True):
-                if self.is_main:
-                    vae = self.parts["video_vae"].get()
-                    for row in live(need_image=True):
-                        report("image", 0, 1, row)
-                        attempt(row, "image encoding", self._encode_image, vae, row)
-                        report("image", 1, 1, row)
-                    del vae
-                    self.parts["video_vae"].release()
-                self._share_from_main(rows, "first_frame")
-                for row in rows:
+            #    row.image [1, 3, 1, H, W] -> row.first_frame [1, 48, 1, h, w]
+            if batch.live(need_image=True):
+                self._encode_on_main(batch, "video_vae", "image", "image encoding", self._encode_image, need_image=True)
+                self._share_from_main(batch.rows, "first_frame")
+                for row in batch.rows:
                     row.image = None
 
-            # 3. joint sampling
-            if live():
-                model = self.parts["fusion"].get()
-                if self.process_group is not None and model.sequence_parallel is None:
-                    model.set_sequence_parallel(self.process_group)
-                for row in live():
-                    attempt(row, "sampling", self._sample, model, row, report, step_callback, should_interrupt)
-                del model
-                self.parts["fusion"].release()
+            # 3. joint sampling: row.latents = video [1, 48, F, h, w], audio [1, L, 20]
+            if batch.live():
+                self._sample_all(batch, step_callback)
 
-            # 4. decoding; results are handed out one by one
-            results: list[OviResult | None] = [None] * n
-            if live() and self.is_main:
-                vae, audio_decoder = self.parts["video_vae"].get(), self.parts["audio_decoder"].get()
-                for row in live():
-                    result = attempt(row, "decoding", self._decode, vae, audio_decoder, row, report)
-                    row.latents = None
-                    if result is None:
-                        continue
-                    if on_result is not None:
-                        attempt(row, "saving", on_result, row.index, result)
-                    else:
-                        results[row.index] = result
-                del vae, audio_decoder
-                self.parts["video_vae"].release()
-                self.parts["audio_decoder"].release()
-        return BatchReport(results, {r.index: r.error for r in rows if r.error is not None})
+            # 4. decoding; results (frames [T, H, W, 3], audio [1, N]) are handed out one by one
+            results = self._decode_all(batch, on_result)
+        return BatchReport(results, batch.errors())
+
+    def _check_decoders_once(self, batch: _Batch) -> None:
+        """The decoders are small: load them once up front so a wrong file fails now, not after sampling."""
+        if batch.live() and not self._decoders_checked and self.is_main:
+            for key in ("video_vae", "audio_decoder"):
+                self.parts[key].get()
+                self.parts[key].release()
+            self._decoders_checked = True
+
+    def _encode_on_main(self, batch: _Batch, key: str, stage: str, what: str, encode: Callable,
+                        need_image: bool = False) -> None:
+        """Stages 1 and 2 on rank 0: ``encode(model, row)`` for every live request with the ``key`` model, then freed."""
+        if not self.is_main:
+            return
+        model = self.parts[key].get()
+        for row in batch.live(need_image):
+            batch.report(stage, 0, 1, row)
+            batch.attempt(row, what, encode, model, row)
+            batch.report(stage, 1, 1, row)
+        del model
+        self.parts[key].release()
+
+    def _sample_all(self, batch: _Batch, step_callback) -> None:
+        """Stage 3 on every rank: the fusion model samples every live request (split over the group if parallel)."""
+        model = self.parts["fusion"].get()
+        if self.process_group is not None and model.sequence_parallel is None:
+            model.set_sequence_parallel(self.process_group)
+        for row in batch.live():
+            batch.attempt(row, "sampling", self._sample, model, row, batch.report, step_callback,
+                          batch.should_interrupt)
+        del model
+        self.parts["fusion"].release()
+
+    def _decode_all(self, batch: _Batch, on_result) -> list[OviResult | None]:
+        """Stage 4 on rank 0: each clip decoded and handed to ``on_result`` (or kept in the returned list)."""
+        results: list[OviResult | None] = [None] * len(batch.rows)
+        if not (batch.live() and self.is_main):
+            return results
+        vae, audio_decoder = self.parts["video_vae"].get(), self.parts["audio_decoder"].get()
+        for row in batch.live():
+            result = batch.attempt(row, "decoding", self._decode, vae, audio_decoder, row, batch.report)
+            row.latents = None
+            if result is None:
+                continue
+            if on_result is not None:
+                batch.attempt(row, "saving", on_result, row.index, result)
+            else:
+                results[row.index] = result
+        del vae, audio_decoder
+        self.parts["video_vae"].release()
+        self.parts["audio_decoder"].release()
+        return results
 
     def _share_from_main(self, rows: list[_Row], attr: str) -> None:
         """Sequence parallel: every rank gets rank 0's ``row.<attr>`` (CPU tensors, broadcast as one object); a

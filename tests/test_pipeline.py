@@ -130,7 +130,7 @@ def test_weights_in_the_real_layouts_load_and_generate(tmp_path, layout):
     demo.write_demo_checkpoints(tmp_path, layout)
     find = find_in_reference_folder if layout == "reference" else find_in_comfy_models
     paths = find(tmp_path)
-    assert paths.variant == "720x720_5s" and paths.fusion.name == "model.safetensors"
+    assert paths.variant.name == "720x720_5s" and paths.fusion.name == "model.safetensors"
     assert (paths.vocoder is None) == (layout == "comfy")  # ComfyUI's MMAudio file carries the vocoder
     build = OviPipeline.from_folder if layout == "reference" else OviPipeline.from_comfy_models
     pipe = build(tmp_path, dtype=torch.float32, num_threads=1)
