@@ -28,6 +28,7 @@ from ovi_core.checkpoint_io import CheckpointFile
 from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig, TowerConfig
 from ovi_core.errors import WrongFileError
 from ovi_core.fusion import OviFusion
+from ovi_core.knobs import WEIGHT_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,6 @@ def _check_keys(model: nn.Module, info: CheckpointInfo) -> None:
 
 
 # ---- loading ----------------------------------------------------------------------------------------------
-WEIGHT_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                 "fp8_e4m3fn": torch.float8_e4m3fn}
-
-
 def _is_matmul_weight(name: str, t: torch.Tensor) -> bool:
     return ".blocks." in name and name.endswith(".weight") and t.dim() == 2
 
