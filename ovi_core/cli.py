@@ -194,7 +194,6 @@ _tile.__name__ = "tile size"
 
 def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
     from ovi_core.demo import DEMO_SETTINGS
-    from ovi_core.sampler import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
 
     parser = argparse.ArgumentParser(prog=prog, description="Ovi audio+video generation, headless.",
                                      epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,10 +213,9 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
                       f"{MAX_SIDE}: with --height it sets the aspect ratio; the model keeps its trained area "
                       "(default square)")
     what.add_argument("--height", type=_int_in(1, MAX_SIDE, "pixels"), help=f"height in pixels, 1..{MAX_SIDE}")
-    what.add_argument("--video-negative", default=DEFAULT_VIDEO_NEGATIVE_PROMPT,
-                      help=f"video negative prompt (default: {DEFAULT_VIDEO_NEGATIVE_PROMPT!r})")
-    what.add_argument("--audio-negative", default=DEFAULT_AUDIO_NEGATIVE_PROMPT,
-                      help=f"audio negative prompt (default: {DEFAULT_AUDIO_NEGATIVE_PROMPT!r})")
+    for knob in (knobs.VIDEO_NEGATIVE, knobs.AUDIO_NEGATIVE):
+        what.add_argument("--" + knob.name.replace("_", "-"), default=knob.default,
+                          help=f"{knob.name.replace('_', ' ')} prompt: {knob.help} (default: {knob.default!r})")
 
     s = g.add_argument_group(f"sampling (defaults: Ovi's; the demo model uses {DEMO_SETTINGS.steps} steps and SLG "
                              f"layer {DEMO_SETTINGS.slg_layer})")

@@ -118,6 +118,8 @@ SYNC_CUT = Knob("sync_cut", "both", "which fusion direction the sync pass cuts, 
 CACHE_THRESHOLD = Knob("cache_threshold", 0.0, "step cache: reuse the previous step's velocities while both modalities "
                        "change less than this (relative, accumulated); 0 = off, 0.05-0.2 skips steps whose velocities "
                        "barely change", float, 0, None, reference=None)
+VIDEO_NEGATIVE = Knob("video_negative", "jitter, bad hands, blur, distortion", "what the video should avoid", str)
+AUDIO_NEGATIVE = Knob("audio_negative", "robotic, muffled, echo, distorted", "what the audio should avoid", str)
 SAMPLING: dict[str, Knob] = {k.name: k for k in (SEED, STEPS, SOLVER, SHIFT, VIDEO_GUIDANCE, AUDIO_GUIDANCE, SLG_LAYER,
                                                 SYNC_GUIDANCE, SYNC_CUT, CACHE_THRESHOLD)}
 
@@ -157,6 +159,10 @@ def check(knob: Knob | str, value, label: str | None = None, num_layers: int | N
     if knob.choices:
         if value not in knob.choices:
             raise OviInputError(f"unknown {name} {value!r}; choose one of {', '.join(knob.choices)} ({knob.hint()})")
+        return value
+    if knob.kind is str:
+        if not isinstance(value, str):
+            raise OviInputError(f"{name} must be text, got {type(value).__name__} ({knob.hint()})")
         return value
     top = None if num_layers is None else num_layers - 1
     if knob.kind is int:

@@ -49,8 +49,8 @@ from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"
-DEFAULT_AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
+DEFAULT_VIDEO_NEGATIVE_PROMPT = knobs.VIDEO_NEGATIVE.default
+DEFAULT_AUDIO_NEGATIVE_PROMPT = knobs.AUDIO_NEGATIVE.default
 
 
 @dataclass(frozen=True)
