@@ -107,11 +107,11 @@ class OviTextFromConditioning(io.ComfyNode):
                     "CLIPTextEncode of the prompt, with a umT5-XXL from CLIPLoader (type wan). Both towers get it, "
                     "as in Ovi.")),
                 io.Conditioning.Input("video_negative", optional=True, tooltip=(
-                    "CLIPTextEncode of the video negative prompt (Ovi's default: jitter, bad hands, blur, "
-                    "distortion). Not connected: the audio negative is used, or an all-zero context.")),
+                    f"CLIPTextEncode of the video negative prompt (Ovi's default: {knobs.VIDEO_NEGATIVE.default}). "
+                    "Not connected: the audio negative is used, or an all-zero context.")),
                 io.Conditioning.Input("audio_negative", optional=True, tooltip=(
-                    "CLIPTextEncode of the audio negative prompt (Ovi's default: robotic, muffled, echo, "
-                    "distorted). Not connected: the video negative is used, or an all-zero context.")),
+                    f"CLIPTextEncode of the audio negative prompt (Ovi's default: {knobs.AUDIO_NEGATIVE.default}). "
+                    "Not connected: the video negative is used, or an all-zero context.")),
             ],
             outputs=[OviTextType.Output("text", tooltip="The encoded prompt and negatives, for Ovi Sampler.")],
         )
