@@ -371,7 +371,7 @@ def _with_shift(model, shift: float):
 
 
 def sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, latent,
-                  sync_guidance: float = 0.0, sync_cut: str = "both"):
+                  sync_guidance: float = knobs.SYNC_GUIDANCE.default, sync_cut: str = knobs.SYNC_CUT.default):
     """A joint LATENT whose noise_mask holds a whole modality or a leading run (V2A, A2V): the native path with Ovi's
     exact solver (ovi_sampler), Ovi's noise for the seed and Ovi's guidance — what SamplerCustomAdvanced + Ovi Guider
     + Ovi Sampler Select + Ovi Scheduler + Ovi Noise compute. Kept elements come back bit for bit.
