@@ -574,8 +574,8 @@ def check_dtypes(args, device) -> None:
                                 "operations; use bf16 or fp32 on the CPU (fp16 is for GPUs)")
         if kind == "cuda" and value == "bf16" and not torch.cuda.is_bf16_supported():
             raise OviInputError(f"{option} bf16: this GPU has no bfloat16 support; use fp16 (or fp32)")
-    if kind == "mps" and args.weight_dtype == "fp8_e4m3fn":
-        raise OviInputError("--weight-dtype fp8_e4m3fn: Apple's MPS backend has no float8; use bf16 or fp16")
+    if kind == "mps" and knobs.is_fp8(knobs.WEIGHT_DTYPES[args.weight_dtype]):
+        raise OviInputError(f"--weight-dtype {args.weight_dtype}: Apple's MPS backend has no float8; use bf16 or fp16")
 
 
 def _pipeline_kwargs(args) -> dict:

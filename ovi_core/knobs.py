@@ -37,6 +37,13 @@ COMPUTE_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.
 # blocks' matmul weights in fp8 (each layer is upcast when it runs).
 WEIGHT_DTYPES: dict[str, torch.dtype | None] = {"auto": None, **COMPUTE_DTYPES, "fp8_e4m3fn": torch.float8_e4m3fn}
 MAX_SEED = 2**64 - 1
+
+
+def is_fp8(dtype: torch.dtype | None) -> bool:
+    """An 8-bit float storage dtype: only the blocks' matmul weights are kept in it (norms and biases are not)."""
+    return dtype is not None and dtype.is_floating_point and dtype.itemsize == 1
+
+
 SAME = object()  # Knob.reference: the reference's value is our default
 
 
