@@ -12,6 +12,11 @@ The choice tables live where their meaning lives and are only collected here:
   attention   ovi_core/attention.py ``BACKENDS`` (kernel, package, GPU generation),
   variants    ovi_core/config.py ``VARIANTS``;
 the dtype tables are plain names -> torch dtypes and live here (``COMPUTE_DTYPES``, ``WEIGHT_DTYPES``).
+
+Adding one touches one file: a solver = a FlowScheduler subclass and its entry in schedulers.SCHEDULERS; a dtype = an
+entry in COMPUTE_DTYPES (then also a weight dtype) or WEIGHT_DTYPES (an 8-bit float is stored like fp8_e4m3fn: matmul
+weights only); an attention backend = a row of attention.BACKENDS. The CLI's choices, the nodes' options and the
+checks follow (tests/test_knobs.py holds the nodes and the CLI to this table).
 """
 
 from __future__ import annotations
