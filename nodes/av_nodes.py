@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ovi_core import knobs
+from ovi_core.audio_input import encode_audio_batch
 from ovi_core.errors import OviInputError
 from ovi_core.sizes import VAE_STRIDE, check_clip_size
 
@@ -243,8 +244,6 @@ class OviAudioEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio_vae, audio, length) -> io.NodeOutput:
-        from ovi_core.audio_input import encode_audio_batch
-
         _, steps = native_nodes.latent_lengths(length)
         wave, rate = check_audio(audio)
         if not hasattr(audio_vae, "acquire_encoder"):

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ovi_core import interrupt
+from ovi_core.errors import OviInputError, WrongFileError
 from ovi_core.knobs import COMPUTE_DTYPES, Knob
 
 log = logging.getLogger(__name__)
@@ -98,8 +100,6 @@ def model_choices(kinds: tuple[str, ...]) -> list[str]:
 
 def resolve_file(kinds: tuple[str, ...], name: str, what: str) -> Path:
     """Full path of a file picked in a loader; a clear error when it is gone."""
-    from ovi_core.errors import WrongFileError
-
     for kind in kinds:
         if HAVE_COMFY:
             try:
@@ -307,8 +307,6 @@ def install_interrupt_checker() -> bool:
         return False
     global _checker_installed
     if not _checker_installed:
-        from ovi_core import interrupt
-
         interrupt.add_checker(_comfy_interrupt_checker)
         _checker_installed = True
     return True
@@ -358,8 +356,6 @@ def output_path(prefix: str, width: int, height: int, extension: str) -> tuple[P
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             prefix, folder_paths.get_output_directory(), width, height)
     else:
-        from ovi_core.errors import OviInputError
-
         if not _fallback_output:
             raise OviInputError("no output folder: call nodes.bridge.set_fallback_output_dir() outside ComfyUI")
         root = _fallback_output[0]
