@@ -35,11 +35,15 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ovi_core import knobs
+from ovi_core.audio_input import encode_audio_batch
 from ovi_core.errors import OviInputError
 from ovi_core.media import clip_to_images, images_to_clip
+from ovi_core.sizes import VAE_STRIDE, check_clip_size
 
 from . import bridge, native_nodes
 from . import native_model as native
+from .bridge import knob_input
 from .convert import audio_from_comfy, audio_latent_to_comfy, video_latent_to_comfy
 from .handles import OviAudioVAEType, OviVideoVAEType
 
@@ -47,8 +51,6 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "Ovi/native"
 OVI_FPS = 24
-LENGTH_TOOLTIP = ("Clip length in seconds — 5 (720x720_5s, 960x960_5s: 121 frames, 157 audio latents) or 10 "
-                  "(960x960_10s: 241 frames, 314 audio latents) — or the frame count (121 / 241).")
 
 
 # ---- rules ---------------------------------------------------------------------------------------------------------
@@ -134,8 +136,6 @@ def av_latent_from_parts(width: int, height: int, length, video=None, keep_video
     ``start_latent`` (a raw first-frame latent [B, 48, 1, h, w]) is given, 1 elsewhere. A given part that is not kept
     keeps its own noise_mask (e.g. core Wan22ImageToVideoLatent's frame-0 mask). No mask at all when nothing is
     kept."""
-    from ovi_core.sizes import VAE_STRIDE, check_clip_size
-
     frames, steps = native_nodes.latent_lengths(length)
     v, vmask_in = _part(video, 5, "video")
     a, amask_in = _part(audio, 3, "audio")
@@ -203,7 +203,7 @@ class OviAudioEncode(io.ComfyNode):
                                                            "the demo entry for the demo model)."),
                 io.Audio.Input("audio", tooltip="Any AUDIO (LoadAudio, a TTS node, ...): mono or stereo, any rate. "
                                                 "Speech keeps its place in time: only the end is trimmed or padded."),
-                io.Int.Input("length", default=5, min=1, max=1000, tooltip=LENGTH_TOOLTIP),
+                knob_input(knobs.LENGTH, extra=native_nodes.LENGTHS_NOTE),
             ],
             outputs=[io.Latent.Output(tooltip="MMAudio latent [batch, 20, 157 or 314]: Ovi AV Latent From Parts "
                                               "(keep_audio), LTXVConcatAVLatent, Ovi Audio Decode.")],
@@ -217,8 +217,6 @@ class OviAudioEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio_vae, audio, length) -> io.NodeOutput:
-        from ovi_core.audio_input import encode_audio_batch
-
         _, steps = native_nodes.latent_lengths(length)
         wave, rate = check_audio(audio)
         if not hasattr(audio_vae, "acquire_encoder"):
@@ -243,12 +241,11 @@ class OviVideoToAudio(io.ComfyNode):
                                tooltip="The frames' rate (GetVideoComponents' fps). They are put on Ovi's 24 fps "
                                        "grid by nearest frame in time; a short clip repeats its last frame, a long "
                                        "one is cut (logged)."),
-                io.Int.Input("width", default=704, min=32, max=4096, step=32,
-                             tooltip="Width the frames are resized to, centre-cropped to width:height first unless "
-                                     "it is Ovi's size for their aspect ratio (the model's size: "
-                                     "704 for 720x720_5s, 960 for the 960 models, 64 for the demo)."),
-                io.Int.Input("height", default=704, min=32, max=4096, step=32, tooltip="Height (see width)."),
-                io.Int.Input("length", default=5, min=1, max=1000, tooltip=LENGTH_TOOLTIP),
+                knob_input(knobs.WIDTH, extra="The frames are resized to it, centre-cropped to width:height first "
+                                              "unless it is Ovi's size for their aspect ratio (the model's size: 704 "
+                                              "for 720x720_5s, 960 for the 960 models, 64 for the demo)."),
+                knob_input(knobs.HEIGHT, extra="See width."),
+                knob_input(knobs.LENGTH, extra=native_nodes.LENGTHS_NOTE),
             ],
             outputs=[
                 io.Latent.Output("latent", tooltip="The joint LATENT: the clip's video kept (mask 0), the audio "
@@ -259,8 +256,6 @@ class OviVideoToAudio(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, width=None, height=None, length=None):
-        from ovi_core.sizes import check_clip_size
-
         if width is not None and height is not None:
             check_clip_size(width, height, None, "any Ovi model")
         if length is not None:
@@ -269,8 +264,6 @@ class OviVideoToAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, video_vae, images, fps, width, height, length) -> io.NodeOutput:
-        from ovi_core.sizes import check_clip_size
-
         fps = check_fps(fps)
         width, height = check_clip_size(width, height, None, "any Ovi model")
         latents, _ = native_nodes.latent_lengths(length)
@@ -294,11 +287,9 @@ class OviAVLatentFromParts(io.ComfyNode):
             description="Builds Ovi's joint audio+video LATENT from a video and/or an audio LATENT and says which to "
                         "keep (noise mask 0) and which to generate; an optional start image keeps video frame 0.",
             inputs=[
-                io.Int.Input("width", default=704, min=32, max=4096, step=32,
-                             tooltip="Clip width when no video LATENT is connected (multiple of 32)."),
-                io.Int.Input("height", default=704, min=32, max=4096, step=32,
-                             tooltip="Clip height when no video LATENT is connected."),
-                io.Int.Input("length", default=5, min=1, max=1000, tooltip=LENGTH_TOOLTIP),
+                knob_input(knobs.WIDTH, extra="Used when no video LATENT is connected."),
+                knob_input(knobs.HEIGHT, extra="Used when no video LATENT is connected."),
+                knob_input(knobs.LENGTH, extra=native_nodes.LENGTHS_NOTE),
                 io.Boolean.Input("keep_video", default=False,
                                  tooltip="Keep the connected video as it is (video -> audio); off: generate it."),
                 io.Boolean.Input("keep_audio", default=True,
@@ -324,8 +315,6 @@ class OviAVLatentFromParts(io.ComfyNode):
     @classmethod
     def execute(cls, width, height, length, keep_video, keep_audio, video=None, audio=None, start_image=None,
                 video_vae=None) -> io.NodeOutput:
-        from ovi_core.sizes import check_clip_size
-
         from .sampling import encode_start_image
 
         start = None
@@ -356,7 +345,7 @@ def _with_shift(model, shift: float):
 
 
 def sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, latent,
-                  sync_guidance: float = 0.0, sync_cut: str = "both"):
+                  sync_guidance: float = knobs.SYNC_GUIDANCE.default, sync_cut: str = knobs.SYNC_CUT.default):
     """A joint LATENT whose noise_mask holds a whole modality or a leading run (V2A, A2V): the native path with Ovi's
     exact solver (ovi_sampler), Ovi's noise for the seed and Ovi's guidance — what SamplerCustomAdvanced + Ovi Guider
     + Ovi Sampler Select + Ovi Scheduler + Ovi Noise compute. Kept elements come back bit for bit.

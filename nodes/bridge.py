@@ -18,6 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ovi_core import interrupt
+from ovi_core.errors import OviInputError, WrongFileError
+from ovi_core.knobs import COMPUTE_DTYPES, Knob
+
 log = logging.getLogger(__name__)
 
 try:  # every ComfyUI import of the pack goes through here (and the root __init__.py)
@@ -96,8 +100,6 @@ def model_choices(kinds: tuple[str, ...]) -> list[str]:
 
 def resolve_file(kinds: tuple[str, ...], name: str, what: str) -> Path:
     """Full path of a file picked in a loader; a clear error when it is gone."""
-    from ovi_core.errors import WrongFileError
-
     for kind in kinds:
         if HAVE_COMFY:
             try:
@@ -142,9 +144,8 @@ def intermediate_device() -> torch.device:
 def compute_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
     """Matmul dtype: an explicit choice, or bf16 where ComfyUI says the device runs it well, else fp16 on a GPU,
     else float32 (the CPU)."""
-    explicit = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if choice in explicit:
-        return explicit[choice]
+    if choice in COMPUTE_DTYPES:
+        return COMPUTE_DTYPES[choice]
     if device.type == "cpu":
         return torch.float32
     if HAVE_COMFY:
@@ -154,6 +155,23 @@ def compute_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
             return torch.float16
         return torch.float32
     return torch.bfloat16
+
+
+def knob_input(knob: Knob, name: str | None = None, extra: str = "", **kw):
+    """A node input made from an ovi_core knob: its default, widget range and step, the options the nodes offer and
+    its tooltip (``extra`` appended: what this node adds). ``name``: the input's own name where it differs from the
+    knob's (saved workflows know it by that name); ``kw`` is passed on (optional=True, control_after_generate=True)."""
+    name = name or knob.name
+    spec = {"default": knob.default, "tooltip": knob.tooltip(extra)} | kw
+    if knob.choices:
+        return io.Combo.Input(name, options=knob.options, **spec)
+    if knob.kind is str:
+        return io.String.Input(name, **spec)
+    number = int if knob.kind is int else float
+    for key, value in (("min", knob.widget_min), ("max", knob.widget_max), ("step", knob.step)):
+        if value is not None:
+            spec.setdefault(key, number(value) if key != "step" else value)
+    return (io.Int if knob.kind is int else io.Float).Input(name, **spec)
 
 
 # ---- the MODEL and the joint LATENT ------------------------------------------------------------------------------
@@ -289,8 +307,6 @@ def install_interrupt_checker() -> bool:
         return False
     global _checker_installed
     if not _checker_installed:
-        from ovi_core import interrupt
-
         interrupt.add_checker(_comfy_interrupt_checker)
         _checker_installed = True
     return True
@@ -340,8 +356,6 @@ def output_path(prefix: str, width: int, height: int, extension: str) -> tuple[P
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             prefix, folder_paths.get_output_directory(), width, height)
     else:
-        from ovi_core.errors import OviInputError
-
         if not _fallback_output:
             raise OviInputError("no output folder: call nodes.bridge.set_fallback_output_dir() outside ComfyUI")
         root = _fallback_output[0]

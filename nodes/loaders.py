@@ -11,8 +11,26 @@ import logging
 
 import torch
 
+from ovi_core import knobs
+from ovi_core.config import get_variant
+from ovi_core.demo import (
+    DEMO_CONFIG,
+    DEMO_SETTINGS,
+    DEMO_VARIANT,
+    build_demo_audio_decoder,
+    build_demo_fusion,
+    build_demo_text_encoder,
+    build_demo_video_vae,
+)
+from ovi_core.errors import OviInputError
+from ovi_core.fusion import OviFusion
+from ovi_core.mmaudio_vae import load_audio_decoder
+from ovi_core.text_encoder import load_text_encoder
+from ovi_core.wan_vae import load_video_vae
+from ovi_core.weights import inspect_checkpoint, load_fusion_model
+
 from . import bridge
-from .bridge import DEMO_ENTRY, io
+from .bridge import DEMO_ENTRY, io, knob_input
 from .handles import (
     MEMORY_MODES,
     OviAudioVAEHandle,
@@ -31,23 +49,14 @@ TEXT_ENCODER_FOLDERS = ("text_encoders", "ovi")
 VIDEO_VAE_FOLDERS = ("vae", "ovi")
 AUDIO_VAE_FOLDERS = ("mmaudio", "ovi", "vae")
 VOCODER_IN_VAE_FILE = "(inside the VAE file)"
-DEMO_SLG_LAYER = 1  # the demo model has 3 fused blocks; Ovi's 11 is for the 30-block model
-SLG_LAYER = 11
-STORED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8_e4m3fn": torch.float8_e4m3fn}
-
-
-def _variant_names() -> list[str]:
-    from ovi_core.config import VARIANTS
-
-    return list(VARIANTS)
+DEMO_SLG_LAYER = DEMO_SETTINGS.slg_layer  # the demo model has 3 fused blocks; Ovi's 11 is for the 30-block model
+SLG_LAYER = knobs.SLG_LAYER.default
 
 
 def _stored_dtype(path, weight_dtype: str, compute: torch.dtype) -> torch.dtype:
     """The dtype the weights will be kept in (what ComfyUI's operations cast from)."""
-    if weight_dtype != "auto":
-        return STORED_DTYPES[weight_dtype]
-    from ovi_core.weights import inspect_checkpoint
-
+    if knobs.WEIGHT_DTYPES[weight_dtype] is not None:
+        return knobs.WEIGHT_DTYPES[weight_dtype]
     return torch.float8_e4m3fn if inspect_checkpoint(path).is_fp8 else compute
 
 
@@ -61,9 +70,6 @@ def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: 
     devices = bridge.devices_for("diffusion")
     dtype = bridge.compute_dtype(devices.load)
     if model_name == DEMO_ENTRY:
-        from ovi_core.demo import DEMO_CONFIG, DEMO_VARIANT, build_demo_fusion
-        from ovi_core.fusion import OviFusion
-
         ops = bridge.layer_operations(torch.float32, torch.float32, devices.load)  # float32: it is tiny
         net = build_demo_fusion(device=devices.offload)
         if ops is not None:
@@ -73,9 +79,6 @@ def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: 
             net = shell.eval().requires_grad_(False)
         net.set_attention_backend(attention)
         return make_model(net, DEMO_VARIANT, model_name, devices, DEMO_SLG_LAYER)
-    from ovi_core.config import get_variant
-    from ovi_core.weights import load_fusion_model
-
     path = bridge.resolve_file(MODEL_FOLDERS, model_name, "Ovi model")
     ops = bridge.layer_operations(_stored_dtype(path, weight_dtype, dtype), dtype, devices.load)
     net, info = load_fusion_model(path, device=devices.offload, dtype=dtype, weight_dtype=weight_dtype,
@@ -96,16 +99,12 @@ class OviModelLoader(io.ComfyNode):
                 io.Combo.Input("model_name", options=bridge.model_choices(MODEL_FOLDERS), tooltip=(
                     "The fused Ovi checkpoint (models/ovi or models/diffusion_models). "
                     f"'{DEMO_ENTRY}' needs no file: random weights, only to check the install.")),
-                io.Combo.Input("variant", options=["auto"] + _variant_names(), default="auto", tooltip=(
+                io.Combo.Input("variant", options=["auto", *knobs.VARIANT_NAMES], default="auto", tooltip=(
                     "Clip length, trained area and caption form of the checkpoint. auto: from the file name "
                     "(model.safetensors = 720x720_5s, model_960x960.safetensors = 960x960_5s, "
                     "model_960x960_10s.safetensors = 960x960_10s); set it when you renamed the file.")),
-                io.Combo.Input("weight_dtype", options=["auto", "bf16", "fp16", "fp8_e4m3fn"], default="auto", tooltip=(
-                    "How weights are kept in memory. auto: fp8 files stay fp8, others use the compute dtype. "
-                    "fp8_e4m3fn halves memory (each layer is upcast when it runs) at some quality cost.")),
-                io.Combo.Input("attention", options=["sdpa", "flash_attn", "sage"], default="sdpa", tooltip=(
-                    "Attention kernel. sdpa = PyTorch (always available); flash_attn / sage when installed "
-                    "(falls back to sdpa with a warning otherwise).")),
+                knob_input(knobs.WEIGHT_DTYPE),
+                knob_input(knobs.ATTENTION),
                 io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default=MEMORY_MODES[0], tooltip=(
                     "Deprecated, ignored (kept so saved workflows load): ComfyUI now loads as much of the model as "
                     "fits and keeps the rest in RAM, like its own models (--lowvram / --novram for less VRAM).")),
@@ -134,9 +133,7 @@ class OviTextEncoderLoader(io.ComfyNode):
                 io.Combo.Input("text_encoder_name", options=bridge.model_choices(TEXT_ENCODER_FOLDERS), tooltip=(
                     "The umT5-XXL file (models/text_encoders or models/ovi) — the same one Wan uses. "
                     f"'{DEMO_ENTRY}' is a tiny random encoder for the demo model.")),
-                io.Combo.Input("precision", options=["auto", "bf16", "fp32"], default="auto", tooltip=(
-                    "Compute dtype. auto: bf16 on a GPU (as Ovi), fp32 on the CPU. fp8 files keep their fp8 "
-                    "weights either way.")),
+                knob_input(knobs.TEXT_ENCODER_PRECISION, extra="fp8 files keep their fp8 weights either way."),
             ],
             outputs=[OviTextEncoderType.Output("text_encoder", tooltip="The text encoder, for Ovi Text Encode.")],
         )
@@ -146,12 +143,8 @@ class OviTextEncoderLoader(io.ComfyNode):
         devices = bridge.devices_for("text_encoder")
         dtype = bridge.compute_dtype(devices.load, precision)
         if text_encoder_name == DEMO_ENTRY:
-            from ovi_core.demo import build_demo_text_encoder
-
             encoder = build_demo_text_encoder(device=devices.offload)
         else:
-            from ovi_core.text_encoder import load_text_encoder
-
             path = bridge.resolve_file(TEXT_ENCODER_FOLDERS, text_encoder_name, "text encoder")
             encoder = load_text_encoder(path, device=devices.offload, dtype=dtype)
         return io.NodeOutput(OviTextEncoderHandle(encoder, text_encoder_name, devices))
@@ -168,8 +161,7 @@ class OviVideoVAELoader(io.ComfyNode):
                 io.Combo.Input("vae_name", options=bridge.model_choices(VIDEO_VAE_FOLDERS), tooltip=(
                     "The 48-channel Wan2.2 VAE (models/vae or models/ovi), the file core's VAELoader uses "
                     f"for Wan2.2-5B. '{DEMO_ENTRY}' is a tiny random VAE for the demo model.")),
-                io.Combo.Input("precision", options=["auto", "fp32", "bf16", "fp16"], default="auto",
-                               tooltip="Compute dtype. auto: bf16 on a GPU that runs it well, fp32 on the CPU."),
+                knob_input(knobs.VIDEO_VAE_PRECISION),
             ],
             outputs=[OviVideoVAEType.Output("video_vae", tooltip=(
                 "The video VAE, for Ovi Video Decode and Ovi Sampler's start image."))],
@@ -180,12 +172,8 @@ class OviVideoVAELoader(io.ComfyNode):
         devices = bridge.devices_for("vae")
         dtype = bridge.compute_dtype(devices.load, precision)
         if vae_name == DEMO_ENTRY:
-            from ovi_core.demo import build_demo_video_vae
-
             vae = build_demo_video_vae(device=devices.offload)
         else:
-            from ovi_core.wan_vae import load_video_vae
-
             vae = load_video_vae(bridge.resolve_file(VIDEO_VAE_FOLDERS, vae_name, "video VAE"),
                                  device=devices.offload, dtype=dtype)
         return io.NodeOutput(OviVideoVAEHandle(vae, vae_name, devices))
@@ -215,20 +203,14 @@ class OviAudioVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name, vocoder_name):
-        from ovi_core.errors import OviInputError
-
         devices = bridge.devices_for("vae")
         if (vae_name == DEMO_ENTRY) != (vocoder_name == DEMO_ENTRY):
             raise OviInputError(f"pick '{DEMO_ENTRY}' for both the audio VAE and the vocoder, or a real file for both "
                                 f"(got vae_name={vae_name!r}, vocoder_name={vocoder_name!r})")
         if vae_name == DEMO_ENTRY:
-            from ovi_core.demo import build_demo_audio_decoder
-
             decoder = build_demo_audio_decoder(device=devices.offload)
             encoder_source = DEMO_ENTRY
         else:
-            from ovi_core.mmaudio_vae import load_audio_decoder
-
             vocoder = (None if vocoder_name == VOCODER_IN_VAE_FILE
                        else bridge.resolve_file(AUDIO_VAE_FOLDERS, vocoder_name, "vocoder"))
             encoder_source = bridge.resolve_file(AUDIO_VAE_FOLDERS, vae_name, "audio VAE")

@@ -43,6 +43,7 @@ import comfy.supported_models_base
 import comfy.utils
 import torch
 
+from ovi_core import knobs
 from ovi_core.errors import OviInputError
 from ovi_core.fusion import OviFusion, TextContext
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
@@ -422,16 +423,15 @@ class OviGuider(comfy.samplers.CFGGuider):
     block), then ``neg + cfg·(pos − neg)`` with its own cfg per modality, on the denoised estimates.
 
     Sync guidance (``sync_scale`` > 0): one more positive pass with the video↔audio fusion attention cut
-    (``sync_cut``, ovi_core.sampler.SYNC_CUTS) and ``+ s·(pos − cut)`` on the modalities whose input was cut. On the
+    (``sync_cut``, ovi_core.knobs.SYNC_CUTS) and ``+ s·(pos − cut)`` on the modalities whose input was cut. On the
     denoised estimates this is the same as ``v + s·(v_pos − v_cut)`` on velocities (x0 = x − σ·v, one σ). 0 = off:
     no extra pass."""
 
-    def __init__(self, model_patcher, video_cfg: float = 4.0, audio_cfg: float = 3.0, sync_scale: float = 0.0,
-                 sync_cut: str = "both"):
-        from ovi_core.sampler import check_sync
-
+    def __init__(self, model_patcher, video_cfg: float = knobs.VIDEO_GUIDANCE.default,
+                 audio_cfg: float = knobs.AUDIO_GUIDANCE.default, sync_scale: float = knobs.SYNC_GUIDANCE.default,
+                 sync_cut: str = knobs.SYNC_CUT.default):
         super().__init__(model_patcher)
-        check_sync(sync_scale, sync_cut)
+        knobs.check_sampling(sync_guidance=sync_scale, sync_cut=sync_cut)
         self.video_cfg, self.audio_cfg = float(video_cfg), float(audio_cfg)
         self.sync_scale, self.sync_cut = float(sync_scale), sync_cut
 

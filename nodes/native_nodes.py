@@ -7,32 +7,28 @@ when ComfyUI is present and registers ``NATIVE_NODES``.
 
 from __future__ import annotations
 
-import math
-
 import comfy.nested_tensor
 import torch
 from comfy_api.latest import io
 
+from ovi_core import knobs
+from ovi_core.config import VARIANTS
 from ovi_core.errors import OviInputError
+from ovi_core.sizes import VAE_STRIDE, check_clip_size
 
 from . import native_model as native
-from .sampling import SYNC_CUT_TOOLTIP, SYNC_GUIDANCE_TOOLTIP, sync_cuts
+from .bridge import knob_input
 
 CATEGORY = "Ovi/native"
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 
-def _solvers() -> list[str]:
-    from ovi_core.schedulers import SOLVERS
-
-    return list(SOLVERS)
+LENGTHS_NOTE = ("5 s: 720x720_5s, 960x960_5s (121 frames, 157 audio latents); 10 s: 960x960_10s (241 frames, 314 "
+                "audio latents).")
 
 
 # ---- lengths -------------------------------------------------------------------------------------------------------
 def clip_lengths() -> dict[int, tuple[int, int, int]]:
     """{seconds: (pixel frames, video latents, audio latents)} of the released variants (5 s and 10 s)."""
-    from ovi_core.config import VARIANTS
-
     return {round(v.num_frames / v.fps): (v.num_frames, v.video_latent_length, v.audio_latent_length)
             for v in VARIANTS.values()}
 
@@ -46,12 +42,6 @@ def latent_lengths(length) -> tuple[int, int]:
     offered = ", ".join(f"{s} s ({f} frames)" for s, (f, _, _) in sorted(lengths.items()))
     raise OviInputError(f"length {length!r} is not a clip length Ovi was trained for; use {offered} — give seconds or "
                         "the frame count (5 s for the 720x720_5s and 960x960_5s models, 10 s for 960x960_10s)")
-
-
-def _finite(name: str, value: float, default: float) -> float:
-    if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
-        raise OviInputError(f"{name} must be a finite number, got {value!r} (Ovi's default is {default:g})")
-    return float(value)
 
 
 def _ovi_model(model):
@@ -96,15 +86,10 @@ class OviEmptyLatent(io.ComfyNode):
             node_id="OviEmptyLatent", display_name="Ovi Empty Latent", category=CATEGORY,
             description="An empty joint audio+video LATENT for Ovi (video and audio in one, as LTXVConcatAVLatent).",
             inputs=[
-                io.Int.Input("width", default=704, min=32, max=4096, step=32,
-                             tooltip="Clip width in pixels, a multiple of 32. Keep width x height near the model's "
-                                     "trained area (720x720_5s ~704x704, 960 models ~960x960)."),
-                io.Int.Input("height", default=704, min=32, max=4096, step=32,
-                             tooltip="Clip height in pixels, a multiple of 32."),
-                io.Int.Input("length", default=5, min=1, max=1000,
-                             tooltip="Clip length in seconds — 5 (720x720_5s, 960x960_5s: 121 frames, 157 audio "
-                                     "latents) or 10 (960x960_10s: 241 frames, 314 audio latents) — or the same as a "
-                                     "frame count (121 / 241)."),
+                knob_input(knobs.WIDTH, extra="Keep width x height near the model's trained area (720x720_5s "
+                                              "~704x704, 960 models ~960x960)."),
+                knob_input(knobs.HEIGHT),
+                knob_input(knobs.LENGTH, extra=LENGTHS_NOTE),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Clips generated at once (Ovi Noise gives each the same seed's noise)."),
             ],
@@ -117,8 +102,6 @@ class OviEmptyLatent(io.ComfyNode):
     def validate_inputs(cls, width=None, height=None, length=None):
         """Before the run. Raises (ComfyUI lists a raised error once; a returned message once per input named here);
         a missing input is left to ComfyUI, a linked one (None) is checked when the node runs."""
-        from ovi_core.sizes import check_clip_size
-
         if width is not None and height is not None:
             check_clip_size(width, height, None, "any Ovi model")
         if length is not None:
@@ -127,8 +110,6 @@ class OviEmptyLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, width, height, length, batch_size) -> io.NodeOutput:
-        from ovi_core.sizes import VAE_STRIDE, check_clip_size
-
         width, height = check_clip_size(width, height, None, "any Ovi model")
         video, audio = latent_lengths(length)
         return io.NodeOutput(native.empty_av_latent(video, height // VAE_STRIDE, width // VAE_STRIDE, audio,
@@ -152,32 +133,27 @@ class OviGuider(io.ComfyNode):
                                       tooltip="The audio tower's negative; when connected it replaces the audio "
                                               "negative carried by 'negative' (unconnected: that one, or 'negative' "
                                               "itself)."),
-                io.Float.Input("video_cfg", default=4.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the video (Ovi: 4.0; 1 = off)."),
-                io.Float.Input("audio_cfg", default=3.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the audio (Ovi: 3.0; 1 = off)."),
-                io.Int.Input("skip_layer", default=11, min=-1, max=63,
-                             tooltip="Skip-layer guidance: the fused block skipped in the negative pass (Ovi: 11; "
-                                     "-1 or 0 = off). Must be below the model's depth (30; the demo model: 3)."),
-                io.Float.Input("sync_guidance", default=0.0, min=0.0, max=10.0, step=0.1, optional=True,
-                               tooltip=SYNC_GUIDANCE_TOOLTIP),
-                io.Combo.Input("sync_cut", options=sync_cuts(), default="both", optional=True,
-                               tooltip=SYNC_CUT_TOOLTIP),
+                knob_input(knobs.VIDEO_GUIDANCE, "video_cfg"),
+                knob_input(knobs.AUDIO_GUIDANCE, "audio_cfg"),
+                knob_input(knobs.SLG_LAYER, "skip_layer", extra="The model's depth: 30; the demo model: 3."),
+                knob_input(knobs.SYNC_GUIDANCE, extra="Costs one more forward per step.", optional=True),
+                knob_input(knobs.SYNC_CUT, optional=True),
             ],
             outputs=[io.Guider.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, video_cfg, audio_cfg, skip_layer, audio_negative=None,
-                sync_guidance=0.0, sync_cut="both"):
+                sync_guidance=knobs.SYNC_GUIDANCE.default, sync_cut=knobs.SYNC_CUT.default):
         depth = _ovi_model(model).diffusion_model.cfg.num_layers
-        if skip_layer >= depth:
-            raise OviInputError(f"skip_layer {skip_layer} is past the model's {depth} fused blocks; use 1 to "
-                                f"{depth - 1} (Ovi: 11), or 0 / -1 for no skip-layer guidance")
+        knobs.check(knobs.SLG_LAYER, skip_layer, "skip_layer", num_layers=depth)
+        knobs.check(knobs.VIDEO_GUIDANCE, video_cfg, "video_cfg")
+        knobs.check(knobs.AUDIO_GUIDANCE, audio_cfg, "audio_cfg")
+        knobs.check_sampling(sync_guidance=sync_guidance, sync_cut=sync_cut)
         patched = model.clone()
         patched.model_options.setdefault("transformer_options", {})[native.SLG_OPTION] = max(int(skip_layer), 0)
-        guider = native.OviGuider(patched, _finite("video_cfg", video_cfg, 4.0), _finite("audio_cfg", audio_cfg, 3.0),
-                                  sync_scale=_finite("sync_guidance", sync_guidance, 0.0), sync_cut=sync_cut)
+        guider = native.OviGuider(patched, float(video_cfg), float(audio_cfg), sync_scale=float(sync_guidance),
+                                  sync_cut=sync_cut)
         if audio_negative is not None:
             guider.set_conds(positive, negative, audio_negative)
         else:  # the audio negative rides in the negative's entries (or the audio tower gets 'negative' too)
@@ -192,20 +168,19 @@ class OviScheduler(io.ComfyNode):
             node_id="OviScheduler", display_name="Ovi Scheduler", category=CATEGORY,
             description="Ovi's exact σ list for a solver, steps and shift (SIGMAS for SamplerCustomAdvanced).",
             inputs=[
-                io.Combo.Input("solver", options=_solvers(), default="unipc",
-                               tooltip="Whose σ list: unipc (Ovi's default), euler or dpm++. Use the same solver in "
-                                       "Ovi Sampler Select (or core euler with the euler list)."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (Ovi: 50)."),
-                io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1,
-                               tooltip="Timestep shift (Ovi: 5.0). Ovi Sampler Select's solvers need the model's "
-                                       "shift (5.0 unless ModelSamplingSD3 changed it)."),
+                knob_input(knobs.SOLVER, extra="Whose σ list: use the same solver in Ovi Sampler Select (or core "
+                                               "euler with the euler list)."),
+                knob_input(knobs.STEPS),
+                knob_input(knobs.SHIFT, extra="Ovi Sampler Select's solvers need the model's shift (5.0 unless "
+                                              "ModelSamplingSD3 changed it)."),
             ],
             outputs=[io.Sigmas.Output(tooltip="steps + 1 σ values, ending in 0.")],
         )
 
     @classmethod
     def execute(cls, solver, steps, shift) -> io.NodeOutput:
-        return io.NodeOutput(native.ovi_sigmas(solver, steps, _finite("shift", shift, 5.0)))
+        knobs.check(knobs.SHIFT, shift)
+        return io.NodeOutput(native.ovi_sigmas(solver, steps, float(shift)))
 
 
 class OviSamplerSelect(io.ComfyNode):
@@ -214,10 +189,8 @@ class OviSamplerSelect(io.ComfyNode):
         return io.Schema(
             node_id="OviSamplerSelect", display_name="Ovi Sampler Select", category=CATEGORY,
             description="Ovi's own solver steps (exactly Ovi's unipc / dpm++ / euler) as a SAMPLER.",
-            inputs=[io.Combo.Input("solver", options=_solvers(), default="unipc",
-                                   tooltip="unipc (Ovi's default), euler or dpm++ — exactly Ovi's steps and model "
-                                           "timesteps (core's uni_pc is another UniPC). Needs Ovi Scheduler with the "
-                                           "same solver.")],
+            inputs=[knob_input(knobs.SOLVER, extra="Exactly Ovi's steps and model timesteps (core's uni_pc is "
+                                                   "another UniPC). Needs Ovi Scheduler with the same solver.")],
             outputs=[io.Sampler.Output(tooltip="For SamplerCustomAdvanced.")],
         )
 
@@ -233,8 +206,7 @@ class OviNoise(io.ComfyNode):
             node_id="OviNoise", display_name="Ovi Noise", category=CATEGORY,
             description="Ovi's initial noise for a seed (the same as Ovi Sampler's), or none, for the joint LATENT.",
             inputs=[
-                io.Int.Input("seed", default=103, min=0, max=MAX_SEED, control_after_generate=True,
-                             tooltip="Noise seed; video and audio noise both come from it, as in Ovi (default 103)."),
+                knob_input(knobs.SEED, control_after_generate=True),
                 io.Boolean.Input("add_noise", default=True,
                                  tooltip="Off: no noise (zeros for video and audio), e.g. for a second sampling "
                                          "stage — core DisableNoise fails on audio+video latents."),

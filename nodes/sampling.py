@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
+
+from ovi_core import knobs
+from ovi_core.errors import OviInputError
+from ovi_core.media import first_frame
+from ovi_core.sampler import PromptEmbeddings, sample_joint
+from ovi_core.sizes import is_far_from_area, latent_shapes, snap_to_area
 
 from . import bridge
-from .bridge import io
+from .bridge import io, knob_input
 from .convert import (
     audio_latent_to_comfy,
     check_size,
@@ -22,35 +27,10 @@ from .handles import OviText, OviTextType, OviVideoVAEType, model_parts
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
-SYNC_GUIDANCE_TOOLTIP = (
-    "Lip-sync knob (sync guidance): one more model pass per step with the video<->audio attention cut, and the "
-    "result pushed away from it by this scale: v + s·(v_pos − v_cut). 0 = off (today's numbers exactly, no extra "
-    "pass); try 0.5-2. Costs one more forward per step.")
-SYNC_CUT_TOOLTIP = (
-    "Which fusion direction the sync pass cuts, and so which modality is pushed: both (video and audio), "
-    "audio_to_video (the video stops seeing the audio: pushes the video, e.g. lips to the speech), video_to_audio "
-    "(the audio stops seeing the video: pushes the audio).")
-
-
-def _solvers() -> list[str]:
-    from ovi_core.sampler import SOLVERS
-
-    return list(SOLVERS)
-
-
-def sync_cuts() -> list[str]:
-    from ovi_core.sampler import SYNC_CUTS
-
-    return list(SYNC_CUTS)
-
 
 def encode_start_image(image, video_vae, width: int, height: int, target_area: int | None = None):
     """IMAGE -> clean first-frame latent [1, 48, 1, height/16, width/16] (normalised), or None without an image. The
     frame is ovi_core.media.first_frame's, the CLI's (``target_area``: the model's, when it is known)."""
-    from ovi_core.errors import OviInputError
-    from ovi_core.media import first_frame
-
     if image is None:
         return None
     if video_vae is None:
@@ -67,8 +47,6 @@ def _preview_slice(latent):
 
 
 def _warn_about_mismatches(variant, text, width: int, height: int) -> None:
-    from ovi_core.sizes import is_far_from_area, snap_to_area
-
     if text.caption_style is not None and text.caption_style != variant.caption_style:
         log.warning("Ovi: the text was encoded for another variant's caption form than the model (%s); set the "
                     "same variant in Ovi Text Encode", variant.name)
@@ -80,8 +58,6 @@ def _warn_about_mismatches(variant, text, width: int, height: int) -> None:
 
 def resolve_text(text, positive, negative):
     """OVI_TEXT, or the positive/negative CONDITIONING (Ovi Text Encode's, or core CLIPTextEncode's) as OVI_TEXT."""
-    from ovi_core.errors import OviInputError
-
     if text is not None:
         return text
     if positive is None:
@@ -99,8 +75,6 @@ def _joint_parts(latent):
     noise_mask keeping video latent frame 0 is Ovi's image-to-video (that frame is the clean start); any other mask
     (the whole audio or video kept, a leading run of frames/steps: Ovi AV Latent From Parts, Ovi Video To Audio) is
     NATIVE_MASK: sampled by av_nodes.sample_masked (with ComfyUI) on the native path with Ovi's own solver."""
-    from ovi_core.errors import OviInputError
-
     video, audio = joint_latent_parts(latent, "the joint audio+video LATENT (Ovi Empty Latent, LTXVConcatAVLatent or "
                                       "Ovi Sampler's latent output); the separate video / audio latents go to the "
                                       "decoders")
@@ -126,15 +100,14 @@ def _joint_parts(latent):
 
 
 def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width, height,
-                start_image=None, video_vae=None, latent=None, sync_guidance=0.0, sync_cut="both"):
+                start_image=None, video_vae=None, latent=None, sync_guidance=knobs.SYNC_GUIDANCE.default,
+                sync_cut=knobs.SYNC_CUT.default):
     """Ovi's joint sampler -> (video LATENT, audio LATENT, joint LATENT). A joint ``latent`` gives the clip's size
     and length (its values are replaced by noise, as a sampler at denoise 1 does) and may keep video frame 0."""
-    from ovi_core.errors import OviInputError
-    from ovi_core.sampler import PromptEmbeddings, check_sync, sample_joint
-    from ovi_core.sizes import latent_shapes
-
-    check_sync(sync_guidance, sync_cut)
     fusion, variant = model_parts(model)
+    knobs.check_sampling(getattr(getattr(fusion, "cfg", None), "num_layers", None), seed=seed, steps=steps,
+                         solver=solver, shift=shift, video_guidance=video_guidance, audio_guidance=audio_guidance,
+                         slg_layer=slg_layer, sync_guidance=sync_guidance, sync_cut=sync_cut)
     first = None
     if latent is not None:
         video, audio, first = _joint_parts(latent)
@@ -142,12 +115,6 @@ def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_g
             if start_image is not None:
                 raise OviInputError("a start_image and a latent whose mask holds audio or video: give the start "
                                     "picture to Ovi AV Latent From Parts (start_image) instead")
-            for name, value in (("shift", shift), ("video_guidance", video_guidance),
-                                ("audio_guidance", audio_guidance)):
-                if not math.isfinite(value):
-                    raise OviInputError(f"{name} must be a finite number, got {value!r}")
-            if slg_layer >= fusion.cfg.num_layers:
-                raise OviInputError(f"slg_layer {slg_layer} is past the model's {fusion.cfg.num_layers} fused blocks")
             log.info("Ovi Sampler: the latent's noise mask holds audio or video: sampling on the native path "
                      "(Ovi's %s solver, kept parts returned bit for bit)", solver)
             from .av_nodes import sample_masked  # ComfyUI only
@@ -158,10 +125,6 @@ def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_g
         variant = dataclasses.replace(variant, video_latent_length=video.shape[2], audio_latent_length=audio.shape[2])
     if (msg := check_size(width, height, variant.target_area, f"the {variant.name} model")) is not None:
         raise OviInputError(msg)
-    for name, value in (("shift", shift), ("video_guidance", video_guidance), ("audio_guidance", audio_guidance)):
-        if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
-            raise OviInputError(f"{name} must be a finite number, got {value!r}; Ovi's defaults are shift 5, "
-                                "video_guidance 4, audio_guidance 3")
     _warn_about_mismatches(variant, text, width, height)
     shapes = latent_shapes(variant, height, width, snap=False)
     if start_image is not None:
@@ -182,16 +145,6 @@ def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_g
     return video_latent, audio_latent, {"samples": bridge.nested((video_latent["samples"], audio_latent["samples"]))}
 
 
-def _finite_sync(value) -> float:
-    from ovi_core.errors import OviInputError
-
-    if value is None:  # an old workflow without the input
-        return 0.0
-    if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
-        raise OviInputError(f"sync_guidance must be a finite number >= 0, got {value!r} (0 = off)")
-    return float(value)
-
-
 class OviSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -201,27 +154,18 @@ class OviSampler(io.ComfyNode):
                          "with a start image it continues that picture (image-to-video)."),
             inputs=[
                 io.Model.Input("model", tooltip="From Ovi Model Loader (LoRA loaders may sit in between)."),
-                io.Int.Input("seed", default=103, min=0, max=MAX_SEED, control_after_generate=True, tooltip=(
-                    "Noise seed; video and audio noise both come from it (Ovi's default 103).")),
-                io.Int.Input("steps", default=50, min=1, max=1000,
-                             tooltip="Sampling steps (Ovi: 50). One progress tick each."),
-                io.Combo.Input("solver", options=_solvers(), default="unipc",
-                               tooltip="unipc (Ovi's default), euler or dpm++ flow solvers."),
-                io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1,
-                               tooltip="Timestep shift of the flow schedule (Ovi: 5.0)."),
-                io.Float.Input("video_guidance", default=4.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the video (Ovi: 4.0; 1 = off)."),
-                io.Float.Input("audio_guidance", default=3.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the audio (Ovi: 3.0; 1 = off)."),
-                io.Int.Input("slg_layer", default=11, min=-1, max=63, tooltip=(
-                    "Skip-layer guidance: the fused block skipped in the negative pass (Ovi: 11; -1 or 0 = off). "
-                    "Must be below the model's depth.")),
-                io.Int.Input("width", default=704, min=32, max=4096, step=32, tooltip=(
-                    "Clip width in pixels, a multiple of 32. Keep width x height near the variant's area: 720x720_5s "
-                    "~704x704, 960 models ~960x960 (e.g. 1280x704, 704x1280). At most 2.25x the trained area: "
-                    "1,166,400 pixels for 720x720_5s, 2,073,600 for the 960 models.")),
-                io.Int.Input("height", default=704, min=32, max=4096, step=32, tooltip=(
-                    "Clip height in pixels, a multiple of 32 (see width for the size limit).")),
+                knob_input(knobs.SEED, control_after_generate=True),
+                knob_input(knobs.STEPS, extra="One progress tick each."),
+                knob_input(knobs.SOLVER),
+                knob_input(knobs.SHIFT),
+                knob_input(knobs.VIDEO_GUIDANCE),
+                knob_input(knobs.AUDIO_GUIDANCE),
+                knob_input(knobs.SLG_LAYER),
+                knob_input(knobs.WIDTH, extra=(
+                    "Keep width x height near the variant's area: 720x720_5s ~704x704, 960 models ~960x960 (e.g. "
+                    "1280x704, 704x1280). At most 2.25x the trained area: 1,166,400 pixels for 720x720_5s, 2,073,600 "
+                    "for the 960 models.")),
+                knob_input(knobs.HEIGHT, extra="See width for the size limit."),
                 OviTextType.Input("text", optional=True, tooltip=(
                     "From Ovi Text Encode (or Ovi Text From Conditioning). Not connected: positive / negative.")),
                 io.Image.Input("start_image", optional=True, tooltip=(
@@ -241,9 +185,8 @@ class OviSampler(io.ComfyNode):
                     "length instead of width / height; a noise_mask keeping video frame 0 starts from that frame; "
                     "one holding the audio or the video (Ovi AV Latent From Parts, Ovi Video To Audio) generates "
                     "the other part around it.")),
-                io.Float.Input("sync_guidance", default=0.0, min=0.0, max=10.0, step=0.1, optional=True,
-                               tooltip=SYNC_GUIDANCE_TOOLTIP),
-                io.Combo.Input("sync_cut", options=sync_cuts(), default="both", optional=True, tooltip=SYNC_CUT_TOOLTIP),
+                knob_input(knobs.SYNC_GUIDANCE, extra="Costs one more forward per step.", optional=True),
+                knob_input(knobs.SYNC_CUT, optional=True),
             ],
             outputs=[
                 io.Latent.Output("video_latent", tooltip=(
@@ -267,8 +210,10 @@ class OviSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, solver, shift, video_guidance, audio_guidance, slg_layer, width, height,
                 text=None, start_image=None, video_vae=None, positive=None, negative=None, latent=None,
-                sync_guidance=0.0, sync_cut="both"):
+                sync_guidance=knobs.SYNC_GUIDANCE.default, sync_cut=knobs.SYNC_CUT.default):
+        if sync_guidance is None:  # an old workflow without the input
+            sync_guidance = knobs.SYNC_GUIDANCE.default
         text = resolve_text(text, positive, negative)
         return io.NodeOutput(*sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_guidance,
                                           slg_layer, width, height, start_image, video_vae, latent,
-                                          _finite_sync(sync_guidance), sync_cut))
+                                          sync_guidance, sync_cut))

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import logging
 
-from .bridge import io
+from ovi_core import knobs
+from ovi_core.config import get_variant
+from ovi_core.errors import OviInputError
+from ovi_core.prompt import format_prompt_for_variant
+
+from .bridge import io, knob_input
 from .convert import AUDIO_CONTEXT_KEY, states_to_conditioning, text_from_conditioning
 from .handles import OviText, OviTextEncoderType, OviTextType
 
@@ -15,12 +20,6 @@ EXAMPLE_PROMPT = ("A woman in a sunlit kitchen looks into the camera and says <S
                   "together.<E> She smiles. <AUDCAP>Clear female voice, soft kitchen ambience.<ENDAUDCAP>")
 
 
-def _defaults() -> tuple[str, str]:
-    from ovi_core.sampler import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT
-
-    return DEFAULT_VIDEO_NEGATIVE_PROMPT, DEFAULT_AUDIO_NEGATIVE_PROMPT
-
-
 def _empty_prompt_message(prompt) -> str | None:
     if not isinstance(prompt, str) or not prompt.strip():
         return ("the prompt is empty: describe the scene, put speech in <S>…<E> and end with the sound, e.g. "
@@ -28,16 +27,13 @@ def _empty_prompt_message(prompt) -> str | None:
     return None
 
 
-KSAMPLER_NOTE = ("With core KSampler, its cfg and this negative apply to both modalities (Ovi uses 4.0 for the video and "
-                 "3.0 for the audio: use Ovi Guider for separate values).")
+KSAMPLER_NOTE = (f"With core KSampler, its cfg and this negative apply to both modalities (Ovi uses "
+                 f"{knobs.VIDEO_GUIDANCE.reference_value} for the video and {knobs.AUDIO_GUIDANCE.reference_value} for "
+                 "the audio: use Ovi Guider for separate values).")
 
 
 def encode_text(text_encoder, prompt, video_negative, audio_negative, variant) -> OviText:
     """The prompt (written in the variant's caption form) and both negatives through umT5-XXL."""
-    from ovi_core.config import get_variant
-    from ovi_core.errors import OviInputError
-    from ovi_core.prompt import format_prompt_for_variant
-
     if (msg := _empty_prompt_message(prompt)) is not None:
         raise OviInputError(msg)
     style = get_variant(variant).caption_style
@@ -59,9 +55,6 @@ def text_conditionings(text: OviText) -> tuple[list, list, list]:
 class OviTextEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from ovi_core.config import VARIANTS
-
-        video_neg, audio_neg = _defaults()
         return io.Schema(
             node_id="OviTextEncode", display_name="Ovi Text Encode", category="Ovi/conditioning",
             description=("Encodes the prompt and the two negative prompts with umT5-XXL, writing the audio caption the "
@@ -71,13 +64,11 @@ class OviTextEncode(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default=EXAMPLE_PROMPT, tooltip=(
                     "What to see and hear. Speech goes in <S>…<E>; the sound description comes last, as "
                     "<AUDCAP>…<ENDAUDCAP> or 'Audio: …' (either spelling is rewritten for the variant).")),
-                io.String.Input("video_negative", multiline=True, default=video_neg, tooltip=(
-                    "What the video should avoid (Ovi's default: jitter, bad hands, blur, distortion).")),
-                io.String.Input("audio_negative", multiline=True, default=audio_neg, tooltip=(
-                    "What the audio should avoid (Ovi's default: robotic, muffled, echo, distorted).")),
-                io.Combo.Input("variant", options=list(VARIANTS), default=next(iter(VARIANTS)), tooltip=(
-                    "The variant of the model you sample with (see Ovi Model Loader): it decides how the "
-                    "audio caption is written. 720x720_5s: <AUDCAP>…<ENDAUDCAP>; 960 models: 'Audio: …'.")),
+                knob_input(knobs.VIDEO_NEGATIVE, multiline=True),
+                knob_input(knobs.AUDIO_NEGATIVE, multiline=True),
+                knob_input(knobs.VARIANT, extra=(
+                    "The variant of the model you sample with (see Ovi Model Loader): it decides how the audio "
+                    "caption is written. 720x720_5s: <AUDCAP>…<ENDAUDCAP>; 960 models: 'Audio: …'.")),
             ],
             outputs=[
                 OviTextType.Output("text", tooltip="The encoded prompt and negatives, for Ovi Sampler."),
@@ -116,11 +107,11 @@ class OviTextFromConditioning(io.ComfyNode):
                     "CLIPTextEncode of the prompt, with a umT5-XXL from CLIPLoader (type wan). Both towers get it, "
                     "as in Ovi.")),
                 io.Conditioning.Input("video_negative", optional=True, tooltip=(
-                    "CLIPTextEncode of the video negative prompt (Ovi's default: jitter, bad hands, blur, "
-                    "distortion). Not connected: the audio negative is used, or an all-zero context.")),
+                    f"CLIPTextEncode of the video negative prompt (Ovi's default: {knobs.VIDEO_NEGATIVE.default}). "
+                    "Not connected: the audio negative is used, or an all-zero context.")),
                 io.Conditioning.Input("audio_negative", optional=True, tooltip=(
-                    "CLIPTextEncode of the audio negative prompt (Ovi's default: robotic, muffled, echo, "
-                    "distorted). Not connected: the video negative is used, or an all-zero context.")),
+                    f"CLIPTextEncode of the audio negative prompt (Ovi's default: {knobs.AUDIO_NEGATIVE.default}). "
+                    "Not connected: the video negative is used, or an all-zero context.")),
             ],
             outputs=[OviTextType.Output("text", tooltip="The encoded prompt and negatives, for Ovi Sampler.")],
         )

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("sdpa", "flash_attn", "sage")
-MIN_CUDA_CAPABILITY = {"flash_attn": (8, 0), "sage": (8, 0)}  # flash-attn 2 and SageAttention 2: Ampere or newer
 _chosen: dict[tuple[str, str], str] = {}  # (asked, device) -> what runs; each decision logged once per process
 
 
@@ -35,6 +35,22 @@ def _sage(q, k, v):
     from sageattention import sageattn
 
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+
+
+@dataclass(frozen=True)
+class Backend:
+    kernel: Callable  # (q, k, v) [B, L, H, D] -> [B, Lq, H, D]
+    module: str | None = None  # the package it imports (None: PyTorch itself)
+    min_capability: tuple[int, int] | None = None  # oldest CUDA compute capability it runs on
+
+
+# The attention backends (ovi_core.knobs offers these names to the CLI and the nodes). flash-attn 2 and
+# SageAttention 2 run on Ampere or newer.
+BACKENDS: dict[str, Backend] = {
+    "sdpa": Backend(_sdpa),
+    "flash_attn": Backend(_flash, "flash_attn", (8, 0)),
+    "sage": Backend(_sage, "sageattention", (8, 0)),
+}
 
 
 def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
@@ -56,21 +72,21 @@ def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
 
 def _unavailable(name: str, device: torch.device) -> str | None:
     """Why `name` cannot run on `device`, or None."""
-    if name == "sdpa":
+    backend = BACKENDS[name]
+    if backend.module is None:
         return None
-    module = "flash_attn" if name == "flash_attn" else "sageattention"
-    if importlib.util.find_spec(module) is None:
-        return f"{module} is not installed (pip install {module.replace('_', '-')})"
+    if importlib.util.find_spec(backend.module) is None:
+        return f"{backend.module} is not installed (pip install {backend.module.replace('_', '-')})"
     if device.type != "cuda":
         return f"{name} needs a CUDA device, the model runs on {device.type}"
     capability = torch.cuda.get_device_capability(device)
-    if capability < MIN_CUDA_CAPABILITY[name]:
-        need = ".".join(map(str, MIN_CUDA_CAPABILITY[name]))
+    if backend.min_capability is not None and capability < backend.min_capability:
+        need = ".".join(map(str, backend.min_capability))
         return f"{name} needs a GPU of compute capability {need} or newer, {device} has {capability[0]}.{capability[1]}"
     return None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
-    if backend == "sdpa" or q.dtype not in (torch.float16, torch.bfloat16):
+    if q.dtype not in (torch.float16, torch.bfloat16):  # the other kernels take half precision only
         return _sdpa(q, k, v)
-    return _flash(q, k, v) if backend == "flash_attn" else _sage(q, k, v)
+    return BACKENDS[backend].kernel(q, k, v)

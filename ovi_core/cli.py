@@ -26,8 +26,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ovi_core import interrupt
-from ovi_core.config import VARIANTS
+from ovi_core import interrupt, knobs
 from ovi_core.errors import OviError, OviInputError, OviInterrupted, WrongFileError
 from ovi_core.sizes import MAX_SIDE
 
@@ -35,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 ENV_CKPT_DIR, ENV_COMFY_MODELS = "OVI_CKPT_DIR", "OVI_COMFY_MODELS"
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 FILE_OPTIONS = {  # option dest -> model_paths part
     "model": "fusion", "text_encoder": "text_encoder", "tokenizer": "tokenizer", "video_vae": "video_vae",
     "audio_vae": "audio_vae", "vocoder": "vocoder",
@@ -64,7 +62,7 @@ MAX_REPEAT = 1000
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 VAE_TILE_RANGE = (24, 1024)  # latent pixels: the decoder's 16-pixel tile overlap + 8, .. 16384 pixels
 MAX_PROMPTS_FILE_BYTES = 50 * 2**20
-RUNTIME_DEFAULTS = {"dtype": "bf16", "weight_dtype": "auto", "vae_dtype": "fp32", "attention": "sdpa"}
+RUNTIME_DEFAULTS = {k.name: k.default for k in (knobs.DTYPE, knobs.WEIGHT_DTYPE, knobs.VAE_DTYPE, knobs.ATTENTION)}
 
 
 
@@ -120,7 +118,7 @@ def _add_weight_args(p: argparse.ArgumentParser) -> None:
                    "weights are configured)")
     g.add_argument("--ckpt-dir", type=Path, help=f"reference download folder (Ovi/, Wan2.2-TI2V-5B/, MMAudio/); env {ENV_CKPT_DIR}")
     g.add_argument("--comfy-models", type=Path, help=f"ComfyUI models folder; env {ENV_COMFY_MODELS}")
-    g.add_argument("--variant", choices=tuple(VARIANTS),
+    g.add_argument("--variant", choices=knobs.VARIANT_NAMES,
                    help="which Ovi model (default: the first found, in this order)")
     g.add_argument("--fp8", action="store_true", help="use model_fp8_e4m3fn.safetensors (720x720_5s only)")
     g.add_argument("--model", type=Path, help="the fused Ovi file (model.safetensors, ...)")
@@ -161,6 +159,22 @@ def _finite_float(what: str):
     return parse
 
 
+def add_knob(group, knob: knobs.Knob, note: str = "", **kw) -> None:
+    """``--knob-name``: its choices or checked type, and the help with its default, from ``knob`` (ovi_core.knobs);
+    ``note`` adds what only the command line says. The value is left None when not given (the pipeline's defaults
+    fill it)."""
+    what = knob.help.split(";")[0] + (f", at most {knob.max_text}" if knob.max_text else "")
+    if knob.choices:
+        kw["choices"] = knob.choices
+    elif knob.kind is int:
+        kw["type"] = _int_in(knob.min, 2**31 - 1 if knob.max is None else knob.max, what)
+    else:
+        kw["type"] = _finite_float(f"{what}, {knob.range_text()}")
+    span = f", {knob.min}..{knob.max_text or knob.max}" if knob.kind is int and knob.max is not None else ""
+    group.add_argument("--" + knob.name.replace("_", "-"),
+                       help=f"{knob.help}{span}{'; ' + note if note else ''} (default {knob.default})", **kw)
+
+
 def _tile(text: str) -> tuple[int, int]:
     lo, hi = VAE_TILE_RANGE
     m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", text) or re.fullmatch(r"\s*(\d+)\s*", text)
@@ -179,8 +193,7 @@ _tile.__name__ = "tile size"
 
 
 def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
-    from ovi_core.sampler import DEFAULT_AUDIO_NEGATIVE_PROMPT, DEFAULT_VIDEO_NEGATIVE_PROMPT, SOLVERS, SYNC_CUTS
-    from ovi_core.schedulers import MAX_STEPS
+    from ovi_core.demo import DEMO_SETTINGS
 
     parser = argparse.ArgumentParser(prog=prog, description="Ovi audio+video generation, headless.",
                                      epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -203,31 +216,14 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
                       f"{MAX_SIDE}: with --height it sets the aspect ratio; the model keeps its trained area "
                       "(default square, or the --image's aspect ratio)")
     what.add_argument("--height", type=_int_in(1, MAX_SIDE, "pixels"), help=f"height in pixels, 1..{MAX_SIDE}")
-    what.add_argument("--video-negative", default=DEFAULT_VIDEO_NEGATIVE_PROMPT,
-                      help=f"video negative prompt (default: {DEFAULT_VIDEO_NEGATIVE_PROMPT!r})")
-    what.add_argument("--audio-negative", default=DEFAULT_AUDIO_NEGATIVE_PROMPT,
-                      help=f"audio negative prompt (default: {DEFAULT_AUDIO_NEGATIVE_PROMPT!r})")
+    for knob in (knobs.VIDEO_NEGATIVE, knobs.AUDIO_NEGATIVE):
+        what.add_argument("--" + knob.name.replace("_", "-"), default=knob.default,
+                          help=f"{knob.name.replace('_', ' ')} prompt: {knob.help} (default: {knob.default!r})")
 
-    s = g.add_argument_group("sampling (defaults: Ovi's; the demo model uses 8 steps and SLG layer 1)")
-    s.add_argument("--seed", type=_int_in(0, 2**64 - 1, "0 .. 2**64-1"), help="random seed (default 103)")
-    s.add_argument("--steps", type=_int_in(1, MAX_STEPS, "sampling steps"), help=f"sampling steps, 1..{MAX_STEPS} "
-                   "(default 50)")
-    s.add_argument("--solver", choices=SOLVERS, help="default unipc")
-    s.add_argument("--shift", type=_finite_float("flow time shift, > 0"), help="flow time shift (default 5.0)")
-    s.add_argument("--video-guidance", type=_finite_float("guidance scale, >= 0"),
-                   help="video guidance scale (default 4.0)")
-    s.add_argument("--audio-guidance", type=_finite_float("guidance scale, >= 0"),
-                   help="audio guidance scale (default 3.0)")
-    s.add_argument("--slg-layer", type=_int_in(-1, 2**31 - 1, "a fused block number, 0 or -1 = off"),
-                   help="fused block skipped in the negative pass, 0 = off (default 11)")
-    s.add_argument("--sync-guidance", type=_finite_float("sync guidance scale, >= 0"),
-                   help="lip-sync knob: push away from a pass with the video<->audio attention cut, 0 = off "
-                        "(default 0; one more forward per step when on)")
-    s.add_argument("--sync-cut", choices=SYNC_CUTS, help="which fusion direction the sync pass cuts: both, "
-                   "audio_to_video (the video stops seeing the audio), video_to_audio (default both)")
-    s.add_argument("--cache-threshold", type=_finite_float("step-cache threshold, >= 0"),
-                   help="step cache: reuse the previous step's velocities while both modalities change less than "
-                        "this (relative, accumulated); 0 = off (default). Speed vs quality: docs/speed.md")
+    s = g.add_argument_group(f"sampling (defaults: Ovi's; the demo model uses {DEMO_SETTINGS.steps} steps and SLG "
+                             f"layer {DEMO_SETTINGS.slg_layer})")
+    for knob in knobs.SAMPLING.values():
+        add_knob(s, knob, "Speed vs quality: docs/speed.md" if knob is knobs.CACHE_THRESHOLD else "")
     s.add_argument("--repeat", type=_int_in(1, MAX_REPEAT, "clips per prompt"), default=1,
                    help=f"clips per prompt (1..{MAX_REPEAT}), with seeds seed, seed+1, ...")
 
@@ -235,15 +231,12 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
 
     r = g.add_argument_group("runtime")
     r.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
-    r.add_argument("--dtype", choices=DTYPES, help="compute dtype of the fusion model and text encoder (default "
-                   "bf16; fp16 is refused on the CPU, where PyTorch's float16 kernels are slow or missing)")
-    r.add_argument("--weight-dtype", choices=("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"),
-                   help="how the fusion weights are kept in memory (fp8_e4m3fn halves it; default auto)")
-    r.add_argument("--vae-dtype", choices=DTYPES, help="decoders' dtype (default fp32; fp16 refused on the CPU)")
+    add_knob(r, knobs.DTYPE, "fp16 is refused on the CPU, where PyTorch's float16 kernels are slow or missing")
+    add_knob(r, knobs.WEIGHT_DTYPE)
+    add_knob(r, knobs.VAE_DTYPE, "fp16 refused on the CPU")
     r.add_argument("--vae-tile", type=_tile, help="decode the video in tiles of HxW latent pixels, each "
                    f"{VAE_TILE_RANGE[0]}..{VAE_TILE_RANGE[1]} (less memory)")
-    r.add_argument("--attention", choices=("sdpa", "flash_attn", "sage"), help="attention kernel (default sdpa; a "
-                   "missing flash_attn / sageattention falls back to sdpa with a warning)")
+    add_knob(r, knobs.ATTENTION)
     r.add_argument("--threads", type=_int_in(1, MAX_THREADS, f"CPU threads, at most 4x the {os.cpu_count()} cores"),
                    help="CPU threads for torch (default: torch's choice; the demo uses 1)")
     r.add_argument("--keep-loaded", action="store_true", help="keep every model in memory (more memory, faster batches)")
@@ -584,15 +577,13 @@ def check_dtypes(args, device) -> None:
                                 "operations; use bf16 or fp32 on the CPU (fp16 is for GPUs)")
         if kind == "cuda" and value == "bf16" and not torch.cuda.is_bf16_supported():
             raise OviInputError(f"{option} bf16: this GPU has no bfloat16 support; use fp16 (or fp32)")
-    if kind == "mps" and args.weight_dtype == "fp8_e4m3fn":
-        raise OviInputError("--weight-dtype fp8_e4m3fn: Apple's MPS backend has no float8; use bf16 or fp16")
+    if kind == "mps" and knobs.is_fp8(knobs.WEIGHT_DTYPES[args.weight_dtype]):
+        raise OviInputError(f"--weight-dtype {args.weight_dtype}: Apple's MPS backend has no float8; use bf16 or fp16")
 
 
 def _pipeline_kwargs(args) -> dict:
-    import torch
-
-    return dict(device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
-                vae_dtype=getattr(torch, DTYPES[args.vae_dtype]), weight_dtype=args.weight_dtype,
+    return dict(device=args.device, dtype=knobs.COMPUTE_DTYPES[args.dtype],
+                vae_dtype=knobs.COMPUTE_DTYPES[args.vae_dtype], weight_dtype=args.weight_dtype,
                 attention=args.attention, keep_loaded=args.keep_loaded, vae_tile=args.vae_tile,
                 num_threads=args.threads)
 

@@ -35,48 +35,45 @@ prompt, about 0.75 GB in bf16 for the prompt and the negatives at full size.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 
-from ovi_core import interrupt
+from ovi_core import interrupt, knobs
 from ovi_core.errors import OviInputError, OviInterrupted
-from ovi_core.schedulers import SOLVERS, check_schedule_args, make_scheduler
+from ovi_core.knobs import MAX_SEED, SOLVERS, SYNC_CUTS, check_sampling
+from ovi_core.schedulers import make_scheduler
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VIDEO_NEGATIVE_PROMPT = "jitter, bad hands, blur, distortion"
-DEFAULT_AUDIO_NEGATIVE_PROMPT = "robotic, muffled, echo, distorted"
-MAX_SEED = 2**64 - 1
+DEFAULT_VIDEO_NEGATIVE_PROMPT = knobs.VIDEO_NEGATIVE.default
+DEFAULT_AUDIO_NEGATIVE_PROMPT = knobs.AUDIO_NEGATIVE.default
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """The sampler's knobs, shared by the nodes and the command line. Defaults = the reference's yaml/gradio.
+    """The sampler's knobs, shared by the nodes and the command line; defaults, ranges and meaning in
+    ovi_core.knobs (our defaults = the reference's yaml/gradio).
 
     ``sample_joint(model, text, ..., **settings.as_kwargs())`` passes them on. Invalid values raise
     OviInputError when the object is built."""
 
-    solver: str = "unipc"  # "unipc" | "euler" | "dpm++"
-    steps: int = 50
-    shift: float = 5.0
-    video_guidance: float = 4.0
-    audio_guidance: float = 3.0
-    slg_layer: int = 11  # fused block skipped in the negative pass; 0 or -1 = off
-    seed: int = 103
-    sync_guidance: float = 0.0  # 0 = off (no extra pass)
-    sync_cut: str = "both"  # "both" | "audio_to_video" | "video_to_audio"
-    cache_threshold: float = 0.0  # step cache: 0 = off (every step runs the model)
+    solver: str = knobs.SOLVER.default
+    steps: int = knobs.STEPS.default
+    shift: float = knobs.SHIFT.default
+    video_guidance: float = knobs.VIDEO_GUIDANCE.default
+    audio_guidance: float = knobs.AUDIO_GUIDANCE.default
+    slg_layer: int = knobs.SLG_LAYER.default  # fused block skipped in the negative pass; 0 or -1 = off
+    seed: int = knobs.SEED.default
+    sync_guidance: float = knobs.SYNC_GUIDANCE.default  # 0 = off (no extra pass)
+    sync_cut: str = knobs.SYNC_CUT.default
+    cache_threshold: float = knobs.CACHE_THRESHOLD.default  # step cache: 0 = off (every step runs the model)
 
     def __post_init__(self):
-        check_settings(self.solver, self.steps, self.shift, self.video_guidance, self.audio_guidance,
-                       self.slg_layer, self.seed)
-        check_sync(self.sync_guidance, self.sync_cut)
-        check_cache_threshold(self.cache_threshold)
+        check_sampling(**self.as_kwargs())
 
     def as_kwargs(self) -> dict:
         return asdict(self)
@@ -105,47 +102,21 @@ StepCallback = Callable[[int, int, StepLatents], None]  # (steps done 1..total, 
 
 
 # ---- argument checks ---------------------------------------------------------------------------------------------
-def _is_number(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
-
-
+# The checks themselves are ovi_core.knobs.check_sampling; these keep the sampler's positional signatures.
 def check_settings(solver, steps, shift, video_guidance, audio_guidance, slg_layer, seed=None, num_layers=None):
     """Raise OviInputError naming the first bad sampling argument (the model depth bounds slg_layer if given)."""
-    check_schedule_args(solver, steps, shift)
-    for name, g in (("video_guidance", video_guidance), ("audio_guidance", audio_guidance)):
-        if not _is_number(g) or g < 0:
-            raise OviInputError(
-                f"{name} must be a number >= 0, got {g!r} (1 = no guidance; Ovi uses 4.0 for video and 3.0 for audio)"
-            )
-    top = "" if num_layers is None else f" and {num_layers - 1}"
-    if isinstance(slg_layer, bool) or not isinstance(slg_layer, int) or slg_layer < -1 or (
-        num_layers is not None and slg_layer >= num_layers
-    ):
-        raise OviInputError(
-            f"slg_layer must be a whole number between -1{top} (the fused block skipped in the negative pass; "
-            f"0 or -1 turns skip-layer guidance off, Ovi uses 11), got {slg_layer!r}"
-        )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
-        raise OviInputError(f"seed must be a whole number between 0 and 2**64 - 1, got {seed!r}")
-
-
-SYNC_CUTS = ("both", "audio_to_video", "video_to_audio")
+    check_sampling(num_layers, solver=solver, steps=steps, shift=shift, video_guidance=video_guidance,
+                   audio_guidance=audio_guidance, slg_layer=slg_layer, **({} if seed is None else {"seed": seed}))
 
 
 def check_sync(scale, cut) -> None:
     """Raise OviInputError for a bad sync-guidance scale or cut."""
-    if not _is_number(scale) or scale < 0:
-        raise OviInputError(f"sync_guidance must be a number >= 0 (0 = off), got {scale!r}")
-    if cut not in SYNC_CUTS:
-        raise OviInputError(f"sync_cut must be one of {', '.join(SYNC_CUTS)} (which fusion direction the sync pass "
-                            f"cuts: audio_to_video = the video stops seeing the audio), got {cut!r}")
+    check_sampling(sync_guidance=scale, sync_cut=cut)
 
 
 def check_cache_threshold(threshold) -> None:
     """Raise OviInputError for a bad step-cache threshold."""
-    if not _is_number(threshold) or threshold < 0:
-        raise OviInputError(f"cache_threshold must be a number >= 0 (0 = off; 0.05-0.2 skips steps whose velocities "
-                            f"barely change), got {threshold!r}")
+    check_sampling(cache_threshold=threshold)
 
 
 def sync_targets(cut: str) -> tuple[bool, bool]:
@@ -183,7 +154,7 @@ def _check_audio_latent(name: str, x: torch.Tensor) -> torch.Tensor:
 def make_noise(video_shape, audio_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's initial noises: video [48, F, h, w] and audio [L, 20], float32 on the CPU, each from its
     own generator seeded with ``seed`` (so both start from the same random stream)."""
-    check_settings("unipc", 1, 1.0, 1.0, 1.0, 0, seed)
+    check_sampling(seed=seed)
     video_shape, audio_shape = tuple(int(s) for s in video_shape), tuple(int(s) for s in audio_shape)
     if len(video_shape) != 4 or video_shape[0] != VIDEO_LATENT_CHANNELS or min(video_shape) < 1:
         raise OviInputError(f"video_shape must be ({VIDEO_LATENT_CHANNELS}, F, h, w), got {video_shape}")
@@ -324,20 +295,20 @@ def sample_joint(
     video_shape: tuple[int, int, int, int] | None = None,
     audio_shape: tuple[int, int] | None = None,
     seed: int | None = None,
-    solver: str = "unipc",
-    steps: int = 50,
-    shift: float = 5.0,
-    video_guidance: float = 4.0,
-    audio_guidance: float = 3.0,
-    slg_layer: int = 11,
+    solver: str = knobs.SOLVER.default,
+    steps: int = knobs.STEPS.default,
+    shift: float = knobs.SHIFT.default,
+    video_guidance: float = knobs.VIDEO_GUIDANCE.default,
+    audio_guidance: float = knobs.AUDIO_GUIDANCE.default,
+    slg_layer: int = knobs.SLG_LAYER.default,
     first_frame_latent: torch.Tensor | None = None,
     callback: StepCallback | None = None,
     should_interrupt: Callable[[], bool | None] | None = None,
     batched_cfg: bool = True,
     cache_text: bool = True,
-    sync_guidance: float = 0.0,
-    sync_cut: str = "both",
-    cache_threshold: float = 0.0,
+    sync_guidance: float = knobs.SYNC_GUIDANCE.default,
+    sync_cut: str = knobs.SYNC_CUT.default,
+    cache_threshold: float = knobs.CACHE_THRESHOLD.default,
     cache: StepCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one clip with Ovi's joint loop; returns float32 latents video [1, 48, F, h, w], audio [1, L, 20].
@@ -470,8 +441,10 @@ def _with_first_frame(video: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "DEFAULT_AUDIO_NEGATIVE_PROMPT",
     "DEFAULT_VIDEO_NEGATIVE_PROMPT",
+    "MAX_SEED",
     "PromptEmbeddings",
     "SOLVERS",
+    "SYNC_CUTS",
     "SamplingSettings",
     "StepCache",
     "StepLatents",

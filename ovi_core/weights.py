@@ -28,6 +28,7 @@ from ovi_core.checkpoint_io import CheckpointFile
 from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig, TowerConfig
 from ovi_core.errors import WrongFileError
 from ovi_core.fusion import OviFusion
+from ovi_core.knobs import WEIGHT_DTYPES, is_fp8
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,6 @@ def _check_keys(model: nn.Module, info: CheckpointInfo) -> None:
 
 
 # ---- loading ----------------------------------------------------------------------------------------------
-WEIGHT_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                 "fp8_e4m3fn": torch.float8_e4m3fn}
-
-
 def _is_matmul_weight(name: str, t: torch.Tensor) -> bool:
     return ".blocks." in name and name.endswith(".weight") and t.dim() == 2
 
@@ -291,8 +288,8 @@ def load_fusion_model(
 
     def place(name: str, tensor: torch.Tensor) -> None:
         nonlocal total_bytes
-        if store is torch.float8_e4m3fn:
-            target = torch.float8_e4m3fn if _is_matmul_weight(name, tensor) else dtype
+        if is_fp8(store):
+            target = store if _is_matmul_weight(name, tensor) else dtype
         elif store is None:
             target = tensor.dtype if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
         else:
@@ -317,7 +314,7 @@ def load_fusion_model(
     params = sum(p.numel() for p in model.parameters())
     log.info("loaded %s: variant %s (%s), %s parameters, %.2f GB in memory", info.path.name, variant_name, source,
              f"{params:,}", total_bytes / 1e9)
-    return model, LoadInfo(variant_name, source, cfg, info.is_fp8 or store is torch.float8_e4m3fn, params, total_bytes)
+    return model, LoadInfo(variant_name, source, cfg, info.is_fp8 or is_fp8(store), params, total_bytes)
 
 
 def save_fusion_checkpoint(model: OviFusion, path: str | os.PathLike, variant: str | None = None,

@@ -61,6 +61,17 @@ def test_schemas_ids_tooltips_descriptions():
             assert socket.tooltip, f"{schema.node_id} output has no tooltip"
 
 
+def test_native_node_inputs_follow_the_knobs():
+    from tests.test_knobs import assert_inputs_follow_knobs
+
+    compared = 0
+    for cls in nn.NATIVE_NODES:
+        inputs = cls.INPUT_TYPES()
+        compared += assert_inputs_follow_knobs(cls.define_schema().node_id,
+                                               {**inputs.get("required", {}), **inputs.get("optional", {})})
+    assert compared >= 20  # empty latent 3, guider 5, scheduler 3, sampler select 1, noise 1, a/v nodes 7
+
+
 # ---- Ovi Empty Latent ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("length, frames, audio", [(5, 31, 157), (121, 31, 157), (10, 61, 314), (241, 61, 314)])
 def test_empty_latent_shapes(length, frames, audio):
