@@ -19,7 +19,8 @@ import torch
 
 from ovi_core.errors import OviInputError
 from ovi_core.media import audio_layout
-from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
+from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS, check_clip_size
+from ovi_core.wan_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ TEXT_LEN = 512
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from ovi_core.wan_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD
-
     shape = (1, VIDEO_LATENT_CHANNELS, 1, 1, 1)
     mean = torch.tensor(WAN22_LATENT_MEAN, dtype=torch.float32, device=x.device).view(shape)
     std = torch.tensor(WAN22_LATENT_STD, dtype=torch.float32, device=x.device).view(shape)
@@ -132,7 +131,6 @@ def check_size(width, height, target_area: int | None = None, what: str = "") ->
     """None when width x height is a usable clip size, else the message (what was given, what is allowed, what to
     do). Without ``target_area`` the bound is the largest released variant's (VALIDATE_INPUTS, before the model is
     known); the sampler checks again with its model's trained area (ovi_core.sizes.check_clip_size)."""
-    from ovi_core.sizes import check_clip_size
 
     try:
         check_clip_size(width, height, target_area, what)

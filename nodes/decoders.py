@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ovi_core.audio_resample import resample_audio
+from ovi_core.errors import OviInputError
 from ovi_core.media import clip_to_images
 
 from . import bridge
@@ -85,8 +87,6 @@ class OviAudioDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio_vae, audio_latent, sample_rate):
-        from ovi_core.errors import OviInputError
-
         if (msg := sample_rate_problem(sample_rate)) is not None:
             raise OviInputError(msg)
         latent = audio_latent_from_comfy(audio_latent)
@@ -94,7 +94,5 @@ class OviAudioDecode(io.ComfyNode):
         waveform = decoder.decode(latent).float()  # [B, 1, 512 L] at decoder.sample_rate
         rate = sample_rate_of(sample_rate)
         if rate != decoder.sample_rate:
-            from ovi_core.audio_resample import resample_audio
-
             waveform = resample_audio(waveform, decoder.sample_rate, rate)
         return io.NodeOutput(audio_to_comfy(waveform, rate, bridge.intermediate_device()))

@@ -28,7 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ovi_core.errors import OviInputError
 from ovi_core.media import clip_to_images, images_to_clip
+from ovi_core.mmaudio_vae import SAMPLE_RATE, SAMPLES_PER_LATENT
+from ovi_core.sizes import VIDEO_LATENT_CHANNELS
 
 from . import bridge
 from .bridge import io
@@ -46,8 +49,6 @@ MAX_OVERLAP = 9.5
 
 
 def _audio_latents_per_second() -> float:
-    from ovi_core.mmaudio_vae import SAMPLE_RATE, SAMPLES_PER_LATENT
-
     return SAMPLE_RATE / SAMPLES_PER_LATENT  # 31.25
 
 
@@ -66,7 +67,6 @@ class Seam:
 def overlap_latents(overlap_seconds: float) -> int:
     """m: the video latents past frame 0 that an overlap spans (0.5 s = 12 frames = 3 latents). The overlap is
     snapped to a multiple of 0.5 s (logged when it was not one)."""
-    from ovi_core.errors import OviInputError
 
     if isinstance(overlap_seconds, bool) or not isinstance(overlap_seconds, (int, float)) \
             or not math.isfinite(overlap_seconds) or overlap_seconds < 0:
@@ -80,7 +80,6 @@ def overlap_latents(overlap_seconds: float) -> int:
 
 def plan_seam(video_latents: int, audio_latents: int, overlap_seconds: float) -> Seam:
     """The seam between two windows of ``video_latents`` / ``audio_latents`` (the previous window's latent)."""
-    from ovi_core.errors import OviInputError
 
     m = overlap_latents(overlap_seconds)
     frames = FRAMES_PER_LATENT * (video_latents - 1) + 1
@@ -105,8 +104,6 @@ def plan_seam(video_latents: int, audio_latents: int, overlap_seconds: float) ->
 
 # ---- the next window's latent --------------------------------------------------------------------------------------
 def _joint(latent) -> tuple[torch.Tensor, torch.Tensor]:
-    from ovi_core.errors import OviInputError
-
     from .convert import joint_latent_parts
 
     video, audio = joint_latent_parts(latent, "the previous window's joint audio+video LATENT (the output of "
@@ -120,7 +117,6 @@ def _joint(latent) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _tail_frames(images, count: int, height: int, width: int) -> torch.Tensor:
     """The last ``count`` frames of an IMAGE batch as VAE input [1, 3, count, H, W] in [-1, 1]."""
-    from ovi_core.errors import OviInputError
 
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -155,8 +151,6 @@ def next_window_latent(video: torch.Tensor, audio: torch.Tensor, start_latent: t
 def _encode_start(frames: torch.Tensor, video_vae, vae, device) -> torch.Tensor:
     """[1, 3, 4m+1, H, W] in [-1, 1] -> the raw Wan2.2 latent [1, 48, m+1, h, w]: with Ovi's video VAE
     (OVI_VIDEO_VAE, normalised output) or core's VAE (VAELoader with wan2.2_vae; raw output)."""
-    from ovi_core.errors import OviInputError
-    from ovi_core.sizes import VIDEO_LATENT_CHANNELS
 
     from .convert import video_latent_to_comfy
 
@@ -200,7 +194,6 @@ def join_clips(images, audio, next_images, next_audio, overlap_seconds: float):
     """(IMAGE, AUDIO): ``images`` + ``next_images`` without its first 4m+1 frames (the repeated overlap); the sounds
     overlap by len(next sound) − advance/24·rate samples, cross-faded linearly; the next sound starts at the time of
     its window's first frame."""
-    from ovi_core.errors import OviInputError
 
     for name, frames in (("images", images), ("next_images", next_images)):
         if not isinstance(frames, torch.Tensor) or frames.dim() != 4:

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ovi_core.errors import OviInputError
+from ovi_core.fusion import OviFusion
+from ovi_core.mmaudio_encoder import build_demo_audio_encoder, load_audio_encoder
+
 from . import bridge
 from .bridge import Devices, ManagedModule
 
@@ -57,8 +61,6 @@ def make_model(fusion: torch.nn.Module, variant, name: str, devices: Devices, sl
 
 def model_parts(model) -> tuple[torch.nn.Module, object]:
     """(OviFusion, variant) of a MODEL from Ovi Model Loader, or OviInputError naming what was connected."""
-    from ovi_core.errors import OviInputError
-    from ovi_core.fusion import OviFusion
 
     inner = getattr(model, "model", None)
     fusion, variant = getattr(inner, "diffusion_model", None), getattr(inner, "ovi_variant", None)
@@ -124,18 +126,12 @@ class OviAudioVAEHandle:
     def acquire_encoder(self):
         """The MMAudio VAE encoder (ovi_core.mmaudio_encoder.AudioEncoder) on its compute device, loaded lazily."""
         if self._encoder is None:
-            from ovi_core.errors import OviInputError
-
             if self.encoder_source is None:
                 raise OviInputError(f"the audio VAE {self.name!r} was loaded without a file to take the encoder from; "
                                     "load MMAudio's v1-16.pth (or ComfyUI's MMAudio VAE file) with Ovi Audio VAE Loader")
             if self.encoder_source == bridge.DEMO_ENTRY:
-                from ovi_core.mmaudio_encoder import build_demo_audio_encoder
-
                 encoder = build_demo_audio_encoder(device=self.devices.offload)
             else:
-                from ovi_core.mmaudio_encoder import load_audio_encoder
-
                 encoder = load_audio_encoder(self.encoder_source, device=self.devices.offload)
             self._encoder = ManagedModule(encoder, self.devices)
         return self._encoder.use()

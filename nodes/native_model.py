@@ -46,6 +46,8 @@ import torch
 from ovi_core import knobs
 from ovi_core.errors import OviInputError
 from ovi_core.fusion import OviFusion, TextContext
+from ovi_core.sampler import make_noise, sync_targets
+from ovi_core.schedulers import make_scheduler
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 logger = logging.getLogger(__name__)
@@ -349,8 +351,6 @@ class OviNoise:
         self.seed = seed
 
     def generate_noise(self, input_latent: dict) -> comfy.nested_tensor.NestedTensor:
-        from ovi_core.sampler import make_noise
-
         video, audio = input_latent["samples"].unbind()
         vs, as_ = [], []
         for _ in range(video.shape[0]):
@@ -362,7 +362,6 @@ class OviNoise:
 
 def ovi_sigmas(solver: str, steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
     """Ovi's exact σ list for ``solver`` (unipc / euler / dpm++), float32, ending in 0: SIGMAS for core samplers."""
-    from ovi_core.schedulers import make_scheduler
 
     return make_scheduler(solver, steps, shift).sigmas.to(torch.float32).clone()
 
@@ -378,8 +377,6 @@ class _OviSolverFunction:
 
     @torch.no_grad()
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
-        from ovi_core.schedulers import make_scheduler
-
         extra_args = {} if extra_args is None else extra_args
         shift = float(model.inner_model.inner_model.model_sampling.shift)
         steps = len(sigmas) - 1
@@ -448,8 +445,6 @@ class OviGuider(comfy.samplers.CFGGuider):
         (pv, pa), (nv, na) = comfy.utils.unpack_latents(pos, shapes), comfy.utils.unpack_latents(neg, shapes)
         guided = [nv + self.video_cfg * (pv - nv), na + self.audio_cfg * (pa - na)]
         if self.sync_scale > 0:
-            from ovi_core.sampler import sync_targets
-
             cut = self._cut_pass(x, timestep, model_options)
             for i, (p, c, push) in enumerate(zip((pv, pa), comfy.utils.unpack_latents(cut, shapes),
                                                  sync_targets(self.sync_cut))):

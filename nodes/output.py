@@ -10,7 +10,10 @@ import os
 import numpy as np
 import torch
 
+from ovi_core.errors import OviInputError
 from ovi_core.media import audio_to_numpy, rgb_channels
+from ovi_core.mux import align_audio_to_video, write_mp4
+from ovi_core.outpaths import OutputPathError, check_name_part
 
 from . import bridge
 from .bridge import io
@@ -20,8 +23,6 @@ log = logging.getLogger(__name__)
 
 
 def _check_frames(images) -> torch.Tensor:
-    from ovi_core.errors import OviInputError
-
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
         shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise OviInputError(f"images must be an IMAGE batch [frames, height, width, 3], got {shape}")
@@ -30,7 +31,6 @@ def _check_frames(images) -> torch.Tensor:
 
 def _check_audio(audio) -> tuple[torch.Tensor, int]:
     """AUDIO -> (waveform [C, N], sample rate); one clip only."""
-    from ovi_core.errors import OviInputError
 
     wave, rate = audio_from_comfy(audio, "audio", one=True)
     if wave.shape[1] not in (1, 2):
@@ -44,7 +44,6 @@ NAME_RESERVE = len("_00001_.mp4") + 40
 
 def prefix_problem(prefix) -> str | None:
     """None when filename_prefix is a usable name under ComfyUI's output folder, else the message."""
-    from ovi_core.outpaths import OutputPathError, check_name_part
 
     if isinstance(prefix, str) and (os.path.isabs(prefix) or prefix.startswith(("/", "\\")) or
                                     (len(prefix) > 1 and prefix[1] == ":")):
@@ -65,7 +64,6 @@ def fps_problem(fps) -> str | None:
 
 def aligned_audio(wave: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> dict:
     """The AUDIO exactly as written into the mp4: padded with silence / cut to num_frames / fps (ovi_core.mux rule)."""
-    from ovi_core.mux import align_audio_to_video
 
     samples, _ = align_audio_to_video(audio_to_numpy(wave), sample_rate, num_frames, fps)
     return audio_to_comfy(torch.from_numpy(np.ascontiguousarray(samples)), sample_rate)
@@ -73,9 +71,6 @@ def aligned_audio(wave: torch.Tensor, sample_rate: int, num_frames: int, fps: fl
 
 def mux_clip(images, audio, fps, filename_prefix, prompt=None, extra_pnginfo=None):
     """Writes the mp4; returns (VIDEO, the preview entry)."""
-    from ovi_core.errors import OviInputError
-    from ovi_core.mux import write_mp4
-    from ovi_core.outpaths import OutputPathError
 
     if (problem := prefix_problem(filename_prefix)) is not None:
         raise OutputPathError(problem)

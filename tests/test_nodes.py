@@ -169,11 +169,11 @@ def test_the_pack_imports_without_comfyui_as_comfyui_imports_it():
 
 # ---- the demo chain ----------------------------------------------------------------------------------------------
 def test_demo_chain_text_to_mp4(demo, out_dir, monkeypatch):
-    import ovi_core.mux
+    import nodes.output
 
     written = []
-    write_mp4 = ovi_core.mux.write_mp4
-    monkeypatch.setattr(ovi_core.mux, "write_mp4", lambda *a, **k: written.append(k["metadata"]) or write_mp4(*a, **k))
+    write_mp4 = nodes.output.write_mp4
+    monkeypatch.setattr(nodes.output, "write_mp4", lambda *a, **k: written.append(k["metadata"]) or write_mp4(*a, **k))
     video_latent, audio_latent = sample(demo["model"], demo["text"], steps=2)
     # standard LATENTs: Wan2.2 layout (raw VAE space) and the audio latent channels-first
     assert list(video_latent["samples"].shape) == [1, 48, FRAMES_LAT, SIDE // 16, SIDE // 16]
