@@ -42,13 +42,11 @@ def _variant_names() -> list[str]:
     return list(VARIANTS)
 
 
-def _stored_dtype(path, weight_dtype: str, compute: torch.dtype) -> torch.dtype:
-    """The dtype the weights will be kept in (what ComfyUI's operations cast from)."""
+def _stored_dtype(info, weight_dtype: str, compute: torch.dtype) -> torch.dtype:
+    """The dtype the weights will be kept in (what ComfyUI's operations cast from); info: weights.inspect_checkpoint."""
     if weight_dtype != "auto":
         return STORED_DTYPES[weight_dtype]
-    from ovi_core.weights import inspect_checkpoint
-
-    return torch.float8_e4m3fn if inspect_checkpoint(path).is_fp8 else compute
+    return torch.float8_e4m3fn if info.is_fp8 else compute
 
 
 def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: str, memory_mode: str = MEMORY_MODES[0],
@@ -74,12 +72,14 @@ def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: 
         net.set_attention_backend(attention)
         return make_model(net, DEMO_VARIANT, model_name, devices, DEMO_SLG_LAYER)
     from ovi_core.config import get_variant
-    from ovi_core.weights import load_fusion_model
+    from ovi_core.weights import inspect_checkpoint, load_fusion_model
 
     path = bridge.resolve_file(MODEL_FOLDERS, model_name, "Ovi model")
-    ops = bridge.layer_operations(_stored_dtype(path, weight_dtype, dtype), dtype, devices.load)
+    found = inspect_checkpoint(path)  # what the file is (either half of a split model joins its partner), read once
+    ops = bridge.layer_operations(_stored_dtype(found, weight_dtype, dtype), dtype, devices.load)
     net, info = load_fusion_model(path, device=devices.offload, dtype=dtype, weight_dtype=weight_dtype,
-                                  variant=None if variant == "auto" else variant, attention=attention, operations=ops)
+                                  variant=None if variant == "auto" else variant, attention=attention, operations=ops,
+                                  info=found)
     return make_model(net, get_variant(info.variant), model_name, devices, SLG_LAYER)
 
 
