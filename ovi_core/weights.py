@@ -90,6 +90,7 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     info = CheckpointInfo(path, {}, {}, {}, dict(found.header.metadata), found.header.format, found)
     for half in halves:
         h = half.header
+        info.metadata = {**h.metadata, **info.metadata}
         for ours, file_key in half.key_map().items():
             if file_key.endswith("scaled_fp8"):  # the marker of a scaled fp8 file, not a weight
                 continue
