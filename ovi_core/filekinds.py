@@ -90,6 +90,11 @@ def kijai_audio_to_ovi(key: str) -> str:
     return _BLOCK_MODULATION.sub(r"\1.modulation", key)
 
 
+def kijai_single_to_ovi(key: str) -> str:
+    """kijai's one-file Ovi (the video tower's bare names next to the audio tower's ``audio_model.*``)."""
+    return kijai_audio_to_ovi(key) if key.startswith("audio_model.") else kijai_video_to_ovi(key)
+
+
 # ---- the table ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Signature:
@@ -122,6 +127,9 @@ _SCALED_FP8 = (r"scaled_fp8$", r".*\.scale_weight$", r".*\.weight_scale$")
 KINDS: tuple[FileKind, ...] = (
     # -- the Ovi model (bf16, fp16, fp8; rkfg's fp8 file is float8 e4m3fn with no scales: the same names)
     FileKind("ovi_fused", "Ovi fusion model (video_model.* / audio_model.* keys)", "fusion", _OVI_FUSED, OVI_PREFIXES),
+    FileKind("kijai_ovi_single", "Ovi in kijai's ComfyUI-WanVideoWrapper layout (one file)", "fusion",
+             Signature((r"blocks\.0\.cross_attn\.k_fusion\.", r"audio_model\.blocks\.0\.cross_attn\.k_fusion\."),
+                       (r"video_model\.",)), ("", "model.diffusion_model."), kijai_single_to_ovi),
     FileKind("kijai_ovi_video", "video-tower half of Ovi split by kijai's ComfyUI-WanVideoWrapper", "fusion",
              Signature((r"blocks\.0\.cross_attn\.k_fusion\.", r"patch_embedding\.weight"), _TOWERS),
              ("", "model.diffusion_model."), kijai_video_to_ovi, partner="kijai_ovi_audio"),

@@ -130,6 +130,16 @@ def test_scaled_fp8_split_files_are_dequantised(fused, tmp_path):
     assert torch.equal(sd["video_model.head.head.weight"], fused.state_dict()["video_model.head.head.weight"])
 
 
+def test_kijai_single_file_layout_loads(fused, tmp_path):
+    video, audio = kijai_split(fused.state_dict())
+    path = tmp_path / "Wan2_2-5B-Ovi_960x960_bf16.safetensors"
+    save_file({**video, **audio}, str(path), metadata={"ovi_config": json.dumps(fused.cfg.to_reference_json())})
+    assert filekinds.identify(path).kind.name == "kijai_ovi_single"
+    model, info = load_fusion_model(path, dtype=torch.float32)
+    assert info.variant == "960x960_5s" and not inspect_checkpoint(path).files
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in fused.state_dict().items())
+
+
 def test_comfy_models_folder_finds_the_split_model_once(fused, tmp_path):
     from ovi_core.demo import write_demo_checkpoints
     from ovi_core.model_paths import check_weight_files, find_in_comfy_models
