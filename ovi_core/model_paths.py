@@ -350,14 +350,8 @@ def _check_fusion(path: Path) -> str:
 
 
 def _check_text_encoder(path: Path, tokenizer: Path | None) -> str:
-    from ovi_core.text_encoder import (
-        _config_from_shapes,
-        _empty_umt5,
-        _encoder_names,
-        _open_weights,
-        _resolve_tokenizer,
-        umt5_config,
-    )
+    from ovi_core.text_encoder import _empty_umt5, _resolve_tokenizer, umt5_config
+    from ovi_core.umt5_keys import _config_from_shapes, _encoder_names, _open_weights
 
     _expect_kind("text_encoder", path)
     with _open_weights(path) as f:

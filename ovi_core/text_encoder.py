@@ -3,15 +3,14 @@
 Math follows Wan's umT5 encoder as used by Ovi (Wan2.2 / character-ai Ovi, Apache-2.0), run through transformers'
 UMT5EncoderModel (Apache-2.0), which reproduces it exactly once the keys are renamed. The code here is ours.
 
-Files understood (the layout is read from the key names, never from the file name):
+Files understood (the layout is read from the key names, never from the file name; see ``umt5_keys.py``):
 - Wan's ``models_t5_umt5-xxl-enc-bf16.pth`` (``token_embedding.weight``, ``blocks.{i}.attn.q.weight``, ...);
 - ComfyUI's ``umt5_xxl_fp16.safetensors`` (transformers names ``shared.weight``, ``encoder.block.{i}...``);
-- ComfyUI's scaled fp8 files: float8 weights times a per-layer scale, either the old layout (a ``scaled_fp8`` marker
-  and ``<layer>.scale_weight``) or the newer one (``<layer>.comfy_quant`` + ``<layer>.weight_scale``, or a
-  ``_quantization_metadata`` header entry). By default those weights stay 1 byte each and are dequantised per call.
+- ComfyUI's scaled fp8 files (``fp8_linear.py``). By default those weights stay 1 byte each and are dequantised
+  per call.
 
-Tokenizer: the ``google/umt5-xxl`` folder that comes with Wan's file (transformers ``AutoTokenizer``), a sentencepiece
-``spiece.model``, or the ``spiece_model`` byte tensor inside ComfyUI's files (read with sentencepiece directly).
+Tokenizer (``text_tokenizers.py``): the ``google/umt5-xxl`` folder that comes with Wan's file, a sentencepiece
+``spiece.model``, or the ``spiece_model`` byte tensor inside ComfyUI's files.
 
 Behaviour is Ovi's: ftfy + HTML-unescape (twice) + whitespace cleaning, EOS appended, no BOS, at most 511 text
 tokens + EOS, and each prompt's output trimmed to its real length (text + EOS) -> ``[L_i, 4096]``.
@@ -19,8 +18,6 @@ tokens + EOS, and each prompt's output trimmed to its real length (text + EOS) -
 
 from __future__ import annotations
 
-import html
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,327 +25,26 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import interrupt
-from .checkpoint_io import CheckpointFile, sniff_format
 from .errors import OviInputError, WrongFileError
+from .fp8_linear import FP8_DTYPES, Fp8Linear, _quantized_layers, dequantize_fp8
+from .text_tokenizers import (
+    ByteTokenizer,
+    PromptTokenizer,
+    SentencePieceTokenizer,
+    _find_tokenizer_near,
+    as_prompt_tokenizer,
+    clean_prompt,
+    load_tokenizer,
+)
+from .umt5_keys import _WHERE_TO_GET, UMT5_XXL_VOCAB, _config_from_shapes, _encoder_names, _open_weights
 
 logger = logging.getLogger(__name__)
 
 TEXT_LEN = 512  # tokens the encoder sees per prompt, EOS included
 PAD_ID = 0
-EOS_ID = 1
-UMT5_XXL_VOCAB = 256384  # embedding rows of the released encoder (the tokenizer uses the first 256300)
 RELATIVE_MAX_DISTANCE = 128  # not stored in any file; the released value
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-
-_WHERE_TO_GET = (
-    "Ovi's text encoder is umT5-XXL: `models_t5_umt5-xxl-enc-bf16.pth` (with its `google/umt5-xxl` tokenizer folder) "
-    "from the Wan2.2-TI2V-5B download, or ComfyUI's `umt5_xxl_fp16.safetensors` / "
-    "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` (Comfy-Org/Wan_2.1_ComfyUI_repackaged, models/text_encoders)."
-)
-
-# --------------------------------------------------------------------------------------------------------------------
-# Key names: Wan's layout -> transformers' layout (which is also ComfyUI's). Data, applied by `rename_key`.
-# Note the FFN branch swap: Wan's `gate.0` (the GELU branch) is transformers' `wi_0`, Wan's `fc1` is `wi_1`.
-# --------------------------------------------------------------------------------------------------------------------
-
-WAN_TO_TRANSFORMERS: tuple[tuple[str, str], ...] = (
-    ("token_embedding.weight", "shared.weight"),
-    ("blocks.{i}.norm1.weight", "encoder.block.{i}.layer.0.layer_norm.weight"),
-    ("blocks.{i}.attn.q.weight", "encoder.block.{i}.layer.0.SelfAttention.q.weight"),
-    ("blocks.{i}.attn.k.weight", "encoder.block.{i}.layer.0.SelfAttention.k.weight"),
-    ("blocks.{i}.attn.v.weight", "encoder.block.{i}.layer.0.SelfAttention.v.weight"),
-    ("blocks.{i}.attn.o.weight", "encoder.block.{i}.layer.0.SelfAttention.o.weight"),
-    ("blocks.{i}.pos_embedding.embedding.weight",
-     "encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight"),
-    ("blocks.{i}.norm2.weight", "encoder.block.{i}.layer.1.layer_norm.weight"),
-    ("blocks.{i}.ffn.gate.0.weight", "encoder.block.{i}.layer.1.DenseReluDense.wi_0.weight"),
-    ("blocks.{i}.ffn.fc1.weight", "encoder.block.{i}.layer.1.DenseReluDense.wi_1.weight"),
-    ("blocks.{i}.ffn.fc2.weight", "encoder.block.{i}.layer.1.DenseReluDense.wo.weight"),
-    ("norm.weight", "encoder.final_layer_norm.weight"),
-)
-
-_WAN_PROBE = "blocks.0.attn.q.weight"
-_HF_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"
-# tensors that carry quantisation data or the tokenizer, not weights
-_AUX_SUFFIXES = (".scale_weight", ".weight_scale", ".weight_scale_2", ".scale_input", ".input_scale", ".comfy_quant")
-
-
-def rename_key(key: str, table: tuple[tuple[str, str], ...] = WAN_TO_TRANSFORMERS) -> str | None:
-    """The transformers (= ComfyUI) name of a Wan-layout key, or None when the table has no entry for it."""
-    head, _, tail = key.partition(".")
-    if head == "blocks":  # blocks.{i}.rest
-        index, _, rest = tail.partition(".")
-        if not index.isdigit():
-            return None
-        for src, dst in table:
-            if src.startswith("blocks.{i}.") and src[len("blocks.{i}."):] == rest:
-                return dst.replace("{i}", index)
-        return None
-    for src, dst in table:
-        if src == key:
-            return dst
-    return None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Prompt cleaning and tokenizers
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def clean_prompt(text: str) -> str:
-    """Ovi's 'whitespace' cleaning: ftfy repair, HTML-unescape twice, every whitespace run -> one space, stripped."""
-    import ftfy
-    import regex  # the `regex` package (a transformers dependency), as the original uses; its \\s is Unicode-aware
-
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return regex.sub(r"\s+", " ", text).strip()
-
-
-class PromptTokenizer:
-    """Text -> token ids without special tokens; the encoder adds EOS itself. Subclasses set eos_id and vocab_size."""
-
-    eos_id: int = EOS_ID
-    vocab_size: int = 0
-    description: str = ""
-
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def decode(self, ids: list[int]) -> str:
-        raise NotImplementedError
-
-
-class SentencePieceTokenizer(PromptTokenizer):
-    """A sentencepiece model used directly (ComfyUI's embedded `spiece_model`, or a `spiece.model` file)."""
-
-    def __init__(self, model_proto: bytes, description: str = "sentencepiece model"):
-        import sentencepiece
-
-        self._sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
-        self.eos_id = self._sp.eos_id()
-        if self.eos_id < 0:
-            raise WrongFileError(f"the sentencepiece model ({description}) has no end-of-sequence token; "
-                                 f"it is not the umT5 tokenizer. {_WHERE_TO_GET}")
-        self.vocab_size = self._sp.get_piece_size()
-        self.description = description
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._sp.encode(text))
-
-    def decode(self, ids: list[int]) -> str:
-        return self._sp.decode(list(ids))
-
-
-class HFTokenizer(PromptTokenizer):
-    """A transformers tokenizer (what Ovi uses: AutoTokenizer on the google/umt5-xxl folder)."""
-
-    def __init__(self, tokenizer, description: str = "transformers tokenizer"):
-        if tokenizer.eos_token_id is None:
-            raise WrongFileError(f"the tokenizer ({description}) has no end-of-sequence token; it is not the umT5 "
-                                 f"tokenizer. {_WHERE_TO_GET}")
-        self._tok = tokenizer
-        self.eos_id = int(tokenizer.eos_token_id)
-        self.vocab_size = len(tokenizer)
-        self.description = description
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(list(ids))
-
-
-class ByteTokenizer(PromptTokenizer):
-    """UTF-8 bytes as tokens (id = byte + 3, PAD 0, EOS 1, UNK 2). Needs no file; used by the demo encoder."""
-
-    def __init__(self):
-        self.eos_id = EOS_ID
-        self.vocab_size = 256 + 3
-        self.description = "byte-level demo tokenizer"
-
-    def encode(self, text: str) -> list[int]:
-        return [b + 3 for b in text.encode("utf-8")]
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
-
-
-def as_prompt_tokenizer(tokenizer) -> PromptTokenizer:
-    """Wrap a transformers tokenizer or a sentencepiece.SentencePieceProcessor; a PromptTokenizer is returned as is."""
-    if isinstance(tokenizer, PromptTokenizer):
-        return tokenizer
-    if hasattr(tokenizer, "serialized_model_proto"):  # sentencepiece.SentencePieceProcessor
-        return SentencePieceTokenizer(tokenizer.serialized_model_proto(), "sentencepiece processor")
-    if callable(tokenizer) and hasattr(tokenizer, "eos_token_id"):
-        return HFTokenizer(tokenizer, type(tokenizer).__name__)
-    raise OviInputError(f"unsupported tokenizer object {type(tokenizer).__name__}: pass a transformers tokenizer, "
-                        "a sentencepiece.SentencePieceProcessor or an ovi_core.text_encoder.PromptTokenizer")
-
-
-def load_tokenizer(path: str | os.PathLike) -> PromptTokenizer:
-    """A tokenizer from a folder (google/umt5-xxl: tokenizer.json and/or spiece.model) or a spiece.model file."""
-    path = Path(path)
-    if path.is_file():
-        if path.name == "tokenizer.json":
-            return load_tokenizer(path.parent)
-        return SentencePieceTokenizer(path.read_bytes(), str(path))
-    if not path.is_dir():
-        raise WrongFileError(f"tokenizer path `{path}` does not exist. Pass the `google/umt5-xxl` folder (it sits "
-                             "next to models_t5_umt5-xxl-enc-bf16.pth in the Wan2.2-TI2V-5B download) or a "
-                             "spiece.model file.")
-    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-        try:
-            from transformers import AutoTokenizer
-
-            return HFTokenizer(AutoTokenizer.from_pretrained(str(path)), str(path))
-        except Exception as exc:  # a broken or unconvertible folder: sentencepiece below may still work
-            if not (path / "spiece.model").is_file():
-                raise WrongFileError(f"could not load the tokenizer in `{path}`: {exc}") from exc
-            logger.info("AutoTokenizer failed on %s (%s); using its spiece.model with sentencepiece", path, exc)
-    if (path / "spiece.model").is_file():
-        return SentencePieceTokenizer((path / "spiece.model").read_bytes(), str(path / "spiece.model"))
-    raise WrongFileError(f"`{path}` holds no tokenizer (no tokenizer.json and no spiece.model). Pass the "
-                         "`google/umt5-xxl` folder from the Wan2.2-TI2V-5B download.")
-
-
-def _find_tokenizer_near(weights_path: Path) -> Path | None:
-    """The google/umt5-xxl folder Wan ships next to its encoder file, if there is one."""
-    folder = weights_path.parent
-    for candidate in (folder / "google" / "umt5-xxl", folder / "umt5-xxl", folder / "umt5_xxl", folder / "tokenizer",
-                      folder):
-        if (candidate / "tokenizer.json").is_file() or (candidate / "spiece.model").is_file():
-            return candidate
-    return None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Reading weight files
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _open_weights(path: Path) -> CheckpointFile:
-    """The encoder file (safetensors or a torch .pth), with this loader's messages for files it cannot use."""
-    if not path.exists():
-        raise WrongFileError(f"text encoder file `{path}` does not exist. {_WHERE_TO_GET}")
-    if path.is_dir():
-        raise WrongFileError(f"`{path}` is a folder; pass the text encoder file itself. {_WHERE_TO_GET}")
-    with open(path, "rb") as fh:
-        if fh.read(4) == b"GGUF":
-            raise WrongFileError(f"`{path.name}` is a GGUF file; this loader reads .pth and .safetensors. Use "
-                                 f"`umt5_xxl_fp8_e4m3fn_scaled.safetensors` for a small download. {_WHERE_TO_GET}")
-    try:
-        return CheckpointFile(path)
-    except WrongFileError as exc:
-        if sniff_format(path) == "torch":
-            raise
-        raise WrongFileError(f"`{path.name}` ({path.stat().st_size:,} bytes) is neither a readable safetensors file "
-                             f"nor a PyTorch checkpoint: {exc}") from None
-
-
-def _describe_foreign_file(keys: list[str]) -> str:
-    """What a file without umT5 keys looks like, for the error message."""
-    keyset = set(keys)
-
-    def has(fragment):
-        return any(fragment in k for k in keys)
-
-    if any(k.startswith(("video_model.", "audio_model.")) for k in keys):
-        return "the Ovi fusion model (video_model.* / audio_model.* keys) - load it with the Ovi model loader"
-    if has("patch_embedding.weight") or has("blocks.0.self_attn.q.weight"):
-        return "a Wan diffusion model (DiT), not its text encoder"
-    if has("text_model.encoder.layers.") or has("transformer.resblocks."):
-        return "a CLIP text encoder (e.g. clip_l.safetensors)"
-    if has("encoder.block.0.layer.1.DenseReluDense.wi.weight"):
-        return "an original (non-gated) T5 encoder"
-    if has("model.layers.0.self_attn."):
-        return "a LLaMA/Qwen/Gemma-style language model"
-    if any(k.startswith(("decoder.", "encoder.", "first_stage_model.")) and "conv" in k for k in keys) \
-            or "conv1.weight" in keyset or has("quant_conv"):
-        return "a VAE (convolution weights such as decoder.conv_in / conv1)"
-    if has("conv_pre.") or has("ups.0."):
-        return "a vocoder (BigVGAN-style conv_pre/ups keys)"
-    sample = ", ".join(sorted(keys)[:5]) or "no tensors at all"
-    return f"an unknown model (first keys: {sample})"
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Scaled fp8: a Linear whose weight stays 1 byte per element
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
-    """float(weight) * scale in `dtype`; a per-tensor scale, or one per output row ([out] or [out, 1])."""
-    if isinstance(scale, torch.Tensor) and scale.numel() > 1:
-        rows = scale.to(weight.device, torch.float32).reshape(weight.shape[0], *([1] * (weight.ndim - 1)))
-        return (weight.float() * rows).to(dtype)
-    return weight.to(dtype).mul_(float(scale))  # float8 -> dtype is exact; one rounding in the multiply
-
-
-class Fp8Linear(nn.Module):
-    """Bias-free Linear holding a float8 weight and its scale; dequantised (exactly: float8 values are representable
-    in bf16/fp16/fp32) and scaled in the input's dtype on every call, so the weight costs 1 byte per element."""
-
-    def __init__(self, weight: torch.Tensor, scale: torch.Tensor | float = 1.0):
-        super().__init__()
-        assert weight.dtype in FP8_DTYPES and weight.ndim == 2
-        self.out_features, self.in_features = weight.shape
-        self.fp8_dtype = weight.dtype
-        # kept as uint8 so that Module.to(dtype) / .half() never converts it
-        self.register_buffer("weight_fp8", weight.contiguous().view(torch.uint8))
-        scale = torch.as_tensor(scale, dtype=torch.float32)
-        if scale.numel() == 1:
-            self.scale = float(scale)
-            self.register_buffer("row_scale", None)
-        elif scale.numel() == self.out_features:  # one scale per output row
-            self.scale = 1.0
-            self.register_buffer("row_scale", scale.reshape(-1, 1).to(weight.device))
-        else:
-            raise WrongFileError(f"fp8 scale of shape {tuple(scale.shape)} does not fit a weight of shape "
-                                 f"{tuple(weight.shape)}; only per-tensor and per-row scales are supported")
-        # transformers' UMT5 FFN casts its input to `wo.weight.dtype` when `weight` is a tensor; with None it does not
-        self.weight = None
-
-    def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        return dequantize_fp8(self.weight_fp8.view(self.fp8_dtype),
-                              self.row_scale if self.row_scale is not None else self.scale, dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight(x.dtype))
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.fp8_dtype}"
-
-
-def _quantized_layers(f: CheckpointFile) -> dict[str, tuple[str, str | None]]:
-    """file layer name (key without `.weight`) -> (format, scale key or None) for every quantised layer declared."""
-    keys = set(f.keys)
-    formats: dict[str, str] = {}
-    if "_quantization_metadata" in f.metadata:  # newer ComfyUI layout, declared in the header
-        try:
-            for layer, conf in json.loads(f.metadata["_quantization_metadata"]).get("layers", {}).items():
-                formats[layer] = conf.get("format", "")
-        except (ValueError, AttributeError) as exc:
-            raise WrongFileError(f"`{f.path.name}` has an unreadable _quantization_metadata header ({exc})") from exc
-    for k in f.keys:
-        if k.endswith(".comfy_quant"):  # newer ComfyUI layout, one JSON byte tensor per layer
-            conf = json.loads(bytes(f.get(k).tolist()).decode("utf-8"))
-            formats[k[: -len(".comfy_quant")]] = conf.get("format", "")
-    if any(k.endswith("scaled_fp8") for k in keys):  # old layout: every layer with a scale_weight is float8
-        for k in f.keys:
-            if k.endswith(".scale_weight"):
-                formats.setdefault(k[: -len(".scale_weight")], "float8_e4m3fn")
-    out = {}
-    for layer, fmt in formats.items():
-        if fmt not in ("float8_e4m3fn", "float8_e5m2"):
-            raise WrongFileError(f"`{f.path.name}` layer `{layer}` is quantised as `{fmt}`, which this loader does not "
-                                 "support (float8_e4m3fn / float8_e5m2 only). Use umt5_xxl_fp16.safetensors or "
-                                 "umt5_xxl_fp8_e4m3fn_scaled.safetensors.")
-        scale = next((f"{layer}{s}" for s in (".weight_scale", ".scale_weight") if f"{layer}{s}" in keys), None)
-        out[layer] = (fmt, scale)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -421,62 +117,8 @@ def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, fp8_scale: to
 _LINEAR_LEAVES = (".q.weight", ".k.weight", ".v.weight", ".o.weight", ".wi_0.weight", ".wi_1.weight", ".wo.weight")
 
 
-def _encoder_names(f: CheckpointFile) -> tuple[str, dict[str, str]]:
-    """The file's layout ("wan" / "transformers") and a map from its weight keys to transformers names."""
-    name = f.path.name
-    wan = [k[: -len(_WAN_PROBE)] for k in f.keys if k.endswith(_WAN_PROBE)]
-    hf = [k[: -len(_HF_PROBE)] for k in f.keys if k.endswith(_HF_PROBE) and not k.startswith("decoder.")]
-    if not wan and not hf:
-        raise WrongFileError(f"`{name}` is not a umT5 text encoder: it looks like {_describe_foreign_file(f.keys)}. "
-                             f"{_WHERE_TO_GET}")
-    layout, prefix = ("wan", wan[0]) if wan else ("transformers", hf[0])
-    names, ignored = {}, []
-    for k in f.keys:
-        if not k.startswith(prefix) or k.endswith(_AUX_SUFFIXES) or k.endswith(("scaled_fp8", "spiece_model")):
-            continue
-        local = k[len(prefix):]
-        if layout == "wan":
-            target = rename_key(local)
-        elif local.startswith(("shared.", "encoder.")) and not local.startswith("encoder.embed_tokens."):
-            target = local
-        else:
-            target = None  # decoder.*, lm_head.*, the tied encoder.embed_tokens copy
-        if target is None:
-            ignored.append(k)
-        else:
-            names[k] = target
-    tied_copy = prefix + "encoder.embed_tokens.weight"
-    if tied_copy in ignored and "shared.weight" not in names.values():  # a file that kept only the tied copy
-        names[tied_copy] = "shared.weight"
-        ignored.remove(tied_copy)
-    if ignored:
-        logger.info("text encoder %s: ignoring %d tensors that are not part of the encoder (e.g. %s)",
-                    name, len(ignored), ignored[0])
-    return layout, names
 
 
-def _config_from_shapes(f: CheckpointFile, names: dict[str, str], layout: str) -> dict[str, int]:
-    """umT5 hyper-parameters read from the weight shapes (no file stores them)."""
-    by_name = {v: k for k, v in names.items()}
-
-    def shape(name):
-        if name not in by_name:
-            raise WrongFileError(f"`{f.path.name}` looks like a {layout}-layout umT5 file but has no tensor for "
-                                 f"`{name}`; the file is incomplete or of another model. {_WHERE_TO_GET}")
-        return f.shape(by_name[name])
-
-    vocab, d_model = shape("shared.weight")
-    num_layers = 1 + max(int(n.split(".")[2]) for n in names.values() if n.startswith("encoder.block."))
-    bias = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
-    if num_layers > 1 and [bias.format(i) in by_name for i in range(num_layers)] == [True] + [False] * (num_layers - 1):
-        raise WrongFileError(
-            f"`{f.path.name}` is a T5 v1.1 encoder (one shared position bias, vocabulary {vocab:,}), such as "
-            f"t5xxl_fp16.safetensors for Flux/SD3, not umT5 (a position bias in every layer, vocabulary "
-            f"{UMT5_XXL_VOCAB:,}). {_WHERE_TO_GET}")
-    num_buckets, num_heads = shape(bias.format(0))
-    return dict(vocab=vocab, d_model=d_model, d_kv=shape(_HF_PROBE)[0] // num_heads,
-                d_ff=shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0], num_layers=num_layers,
-                num_heads=num_heads, num_buckets=num_buckets)
 
 
 def load_umt5_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.bfloat16,

@@ -11,19 +11,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ovi_core.errors import WrongFileError
+from ovi_core.fp8_linear import Fp8Linear
 from ovi_core.text_encoder import (
     TEXT_LEN,
-    Fp8Linear,
     OviTextEncoder,
-    SentencePieceTokenizer,
     build_demo_text_encoder,
-    clean_prompt,
     encode_token_ids,
     load_text_encoder,
-    load_tokenizer,
     load_umt5_encoder,
-    rename_key,
 )
+from ovi_core.text_tokenizers import SentencePieceTokenizer, clean_prompt, load_tokenizer
+from ovi_core.umt5_keys import rename_key
 
 TOL = 1e-4  # golden README: float32 implementations, atol 1e-4 on the trimmed contexts
 

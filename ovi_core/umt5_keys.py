@@ -1,0 +1,176 @@
+"""umT5 text-encoder files: how they are opened, which key layout they use, and what their keys mean.
+
+Everything decided from a file's key names and shapes lives here: Wan's layout vs transformers' (= ComfyUI's) layout,
+the Wan -> transformers rename table, the tensors that carry quantisation data or the tokenizer instead of weights,
+the description of a file that is not umT5 at all, and the hyper-parameters read from the weight shapes.
+The loader in ``text_encoder.py`` builds the model from these answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .checkpoint_io import CheckpointFile, sniff_format
+from .errors import WrongFileError
+
+logger = logging.getLogger(__name__)
+
+UMT5_XXL_VOCAB = 256384  # embedding rows of the released encoder (the tokenizer uses the first 256300)
+
+_WHERE_TO_GET = (
+    "Ovi's text encoder is umT5-XXL: `models_t5_umt5-xxl-enc-bf16.pth` (with its `google/umt5-xxl` tokenizer folder) "
+    "from the Wan2.2-TI2V-5B download, or ComfyUI's `umt5_xxl_fp16.safetensors` / "
+    "`umt5_xxl_fp8_e4m3fn_scaled.safetensors` (Comfy-Org/Wan_2.1_ComfyUI_repackaged, models/text_encoders)."
+)
+
+# --------------------------------------------------------------------------------------------------------------------
+# Key names: Wan's layout -> transformers' layout (which is also ComfyUI's). Data, applied by `rename_key`.
+# Note the FFN branch swap: Wan's `gate.0` (the GELU branch) is transformers' `wi_0`, Wan's `fc1` is `wi_1`.
+# --------------------------------------------------------------------------------------------------------------------
+
+WAN_TO_TRANSFORMERS: tuple[tuple[str, str], ...] = (
+    ("token_embedding.weight", "shared.weight"),
+    ("blocks.{i}.norm1.weight", "encoder.block.{i}.layer.0.layer_norm.weight"),
+    ("blocks.{i}.attn.q.weight", "encoder.block.{i}.layer.0.SelfAttention.q.weight"),
+    ("blocks.{i}.attn.k.weight", "encoder.block.{i}.layer.0.SelfAttention.k.weight"),
+    ("blocks.{i}.attn.v.weight", "encoder.block.{i}.layer.0.SelfAttention.v.weight"),
+    ("blocks.{i}.attn.o.weight", "encoder.block.{i}.layer.0.SelfAttention.o.weight"),
+    ("blocks.{i}.pos_embedding.embedding.weight",
+     "encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight"),
+    ("blocks.{i}.norm2.weight", "encoder.block.{i}.layer.1.layer_norm.weight"),
+    ("blocks.{i}.ffn.gate.0.weight", "encoder.block.{i}.layer.1.DenseReluDense.wi_0.weight"),
+    ("blocks.{i}.ffn.fc1.weight", "encoder.block.{i}.layer.1.DenseReluDense.wi_1.weight"),
+    ("blocks.{i}.ffn.fc2.weight", "encoder.block.{i}.layer.1.DenseReluDense.wo.weight"),
+    ("norm.weight", "encoder.final_layer_norm.weight"),
+)
+
+_WAN_PROBE = "blocks.0.attn.q.weight"
+_HF_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"
+# tensors that carry quantisation data or the tokenizer, not weights
+_AUX_SUFFIXES = (".scale_weight", ".weight_scale", ".weight_scale_2", ".scale_input", ".input_scale", ".comfy_quant")
+
+
+def rename_key(key: str, table: tuple[tuple[str, str], ...] = WAN_TO_TRANSFORMERS) -> str | None:
+    """The transformers (= ComfyUI) name of a Wan-layout key, or None when the table has no entry for it."""
+    head, _, tail = key.partition(".")
+    if head == "blocks":  # blocks.{i}.rest
+        index, _, rest = tail.partition(".")
+        if not index.isdigit():
+            return None
+        for src, dst in table:
+            if src.startswith("blocks.{i}.") and src[len("blocks.{i}."):] == rest:
+                return dst.replace("{i}", index)
+        return None
+    for src, dst in table:
+        if src == key:
+            return dst
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading weight files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _open_weights(path: Path) -> CheckpointFile:
+    """The encoder file (safetensors or a torch .pth), with this loader's messages for files it cannot use."""
+    if not path.exists():
+        raise WrongFileError(f"text encoder file `{path}` does not exist. {_WHERE_TO_GET}")
+    if path.is_dir():
+        raise WrongFileError(f"`{path}` is a folder; pass the text encoder file itself. {_WHERE_TO_GET}")
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"GGUF":
+            raise WrongFileError(f"`{path.name}` is a GGUF file; this loader reads .pth and .safetensors. Use "
+                                 f"`umt5_xxl_fp8_e4m3fn_scaled.safetensors` for a small download. {_WHERE_TO_GET}")
+    try:
+        return CheckpointFile(path)
+    except WrongFileError as exc:
+        if sniff_format(path) == "torch":
+            raise
+        raise WrongFileError(f"`{path.name}` ({path.stat().st_size:,} bytes) is neither a readable safetensors file "
+                             f"nor a PyTorch checkpoint: {exc}") from None
+
+
+def _describe_foreign_file(keys: list[str]) -> str:
+    """What a file without umT5 keys looks like, for the error message."""
+    keyset = set(keys)
+
+    def has(fragment):
+        return any(fragment in k for k in keys)
+
+    if any(k.startswith(("video_model.", "audio_model.")) for k in keys):
+        return "the Ovi fusion model (video_model.* / audio_model.* keys) - load it with the Ovi model loader"
+    if has("patch_embedding.weight") or has("blocks.0.self_attn.q.weight"):
+        return "a Wan diffusion model (DiT), not its text encoder"
+    if has("text_model.encoder.layers.") or has("transformer.resblocks."):
+        return "a CLIP text encoder (e.g. clip_l.safetensors)"
+    if has("encoder.block.0.layer.1.DenseReluDense.wi.weight"):
+        return "an original (non-gated) T5 encoder"
+    if has("model.layers.0.self_attn."):
+        return "a LLaMA/Qwen/Gemma-style language model"
+    if any(k.startswith(("decoder.", "encoder.", "first_stage_model.")) and "conv" in k for k in keys) \
+            or "conv1.weight" in keyset or has("quant_conv"):
+        return "a VAE (convolution weights such as decoder.conv_in / conv1)"
+    if has("conv_pre.") or has("ups.0."):
+        return "a vocoder (BigVGAN-style conv_pre/ups keys)"
+    sample = ", ".join(sorted(keys)[:5]) or "no tensors at all"
+    return f"an unknown model (first keys: {sample})"
+
+
+
+def _encoder_names(f: CheckpointFile) -> tuple[str, dict[str, str]]:
+    """The file's layout ("wan" / "transformers") and a map from its weight keys to transformers names."""
+    name = f.path.name
+    wan = [k[: -len(_WAN_PROBE)] for k in f.keys if k.endswith(_WAN_PROBE)]
+    hf = [k[: -len(_HF_PROBE)] for k in f.keys if k.endswith(_HF_PROBE) and not k.startswith("decoder.")]
+    if not wan and not hf:
+        raise WrongFileError(f"`{name}` is not a umT5 text encoder: it looks like {_describe_foreign_file(f.keys)}. "
+                             f"{_WHERE_TO_GET}")
+    layout, prefix = ("wan", wan[0]) if wan else ("transformers", hf[0])
+    names, ignored = {}, []
+    for k in f.keys:
+        if not k.startswith(prefix) or k.endswith(_AUX_SUFFIXES) or k.endswith(("scaled_fp8", "spiece_model")):
+            continue
+        local = k[len(prefix):]
+        if layout == "wan":
+            target = rename_key(local)
+        elif local.startswith(("shared.", "encoder.")) and not local.startswith("encoder.embed_tokens."):
+            target = local
+        else:
+            target = None  # decoder.*, lm_head.*, the tied encoder.embed_tokens copy
+        if target is None:
+            ignored.append(k)
+        else:
+            names[k] = target
+    tied_copy = prefix + "encoder.embed_tokens.weight"
+    if tied_copy in ignored and "shared.weight" not in names.values():  # a file that kept only the tied copy
+        names[tied_copy] = "shared.weight"
+        ignored.remove(tied_copy)
+    if ignored:
+        logger.info("text encoder %s: ignoring %d tensors that are not part of the encoder (e.g. %s)",
+                    name, len(ignored), ignored[0])
+    return layout, names
+
+
+def _config_from_shapes(f: CheckpointFile, names: dict[str, str], layout: str) -> dict[str, int]:
+    """umT5 hyper-parameters read from the weight shapes (no file stores them)."""
+    by_name = {v: k for k, v in names.items()}
+
+    def shape(name):
+        if name not in by_name:
+            raise WrongFileError(f"`{f.path.name}` looks like a {layout}-layout umT5 file but has no tensor for "
+                                 f"`{name}`; the file is incomplete or of another model. {_WHERE_TO_GET}")
+        return f.shape(by_name[name])
+
+    vocab, d_model = shape("shared.weight")
+    num_layers = 1 + max(int(n.split(".")[2]) for n in names.values() if n.startswith("encoder.block."))
+    bias = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
+    if num_layers > 1 and [bias.format(i) in by_name for i in range(num_layers)] == [True] + [False] * (num_layers - 1):
+        raise WrongFileError(
+            f"`{f.path.name}` is a T5 v1.1 encoder (one shared position bias, vocabulary {vocab:,}), such as "
+            f"t5xxl_fp16.safetensors for Flux/SD3, not umT5 (a position bias in every layer, vocabulary "
+            f"{UMT5_XXL_VOCAB:,}). {_WHERE_TO_GET}")
+    num_buckets, num_heads = shape(bias.format(0))
+    return dict(vocab=vocab, d_model=d_model, d_kv=shape(_HF_PROBE)[0] // num_heads,
+                d_ff=shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0], num_layers=num_layers,
+                num_heads=num_heads, num_buckets=num_buckets)
