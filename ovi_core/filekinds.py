@@ -62,17 +62,29 @@ class Header:
 _HEADERS: dict[tuple[str, int, int], Header] = {}
 
 
+def _cache_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 def read_header(path: str | os.PathLike, what: str = "checkpoint") -> Header:
     """The header of a file, read once per (path, size, modification time); WrongFileError for unreadable files."""
     path = Path(path)
     if not path.is_file():
         raise WrongFileError(f"{what} file not found: {path}")
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = _cache_key(path)
     if key not in _HEADERS:
         with CheckpointFile(path, what) as f:
-            _HEADERS[key] = Header(path.name, {k: f.shape(k) for k in f.keys}, {k: f.dtype(k) for k in f.keys},
-                                   dict(f.metadata), f.format, path)
+            return header_of(f)
+    return _HEADERS[key]
+
+
+def header_of(f: CheckpointFile) -> Header:
+    """The header of a file a loader already opened (kept for the rest of the run, as read_header's)."""
+    key = _cache_key(f.path)
+    if key not in _HEADERS:
+        _HEADERS[key] = Header(f.path.name, {k: f.shape(k) for k in f.keys}, {k: f.dtype(k) for k in f.keys},
+                               dict(f.metadata), f.format, f.path)
     return _HEADERS[key]
 
 
@@ -116,8 +128,11 @@ class FileKind:
     rename: Callable[[str], str | None] | None = None
     advice: str = ""
     partner: str | None = None  # the kind holding the other half of the model
+    marker: str = ""  # a key that may sit under any wrapper prefix: the prefix in front of it is accepted too
 
 
+UMT5_WAN_PROBE = "blocks.0.attn.q.weight"  # Wan's models_t5_umt5-xxl-enc-bf16.pth
+UMT5_HF_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"  # transformers' names (= ComfyUI's files)
 OVI_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "module.", "model.")
 VAE_PREFIXES = ("", "first_stage_model.", "vae.", "model.", "module.")
 _TOWERS = (r"video_model\.", r"audio_model\.")
@@ -149,18 +164,19 @@ KINDS: tuple[FileKind, ...] = (
     FileKind("sd_unet", "Stable Diffusion / Flux-style diffusion-model checkpoint", None,
              Signature((r"model\.diffusion_model\.",)), advice="Ovi needs its own fused file"),
     # -- umT5-XXL, Ovi's text encoder (the loader renames Wan's names; its table is in the text encoder's module)
-    FileKind("umt5_scaled_fp8", "umT5 text-encoder file (ComfyUI scaled fp8)", "text_encoder",
-             Signature((r"(.+\.)?encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight$",
-                        r"(scaled_fp8$|.*\.scale_weight$|.*\.weight_scale$|.*\.comfy_quant$)"))),
     FileKind("t5_original", "original (non-gated) T5 encoder", None,
-             Signature((r"(.+\.)?encoder\.block\.0\.layer\.1\.DenseReluDense\.wi\.weight$",)),
+             Signature((r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wi\.weight$",)), marker=UMT5_HF_PROBE,
              advice="Ovi's text encoder is umT5-XXL"),
+    FileKind("umt5_scaled_fp8", "umT5 text-encoder file (ComfyUI scaled fp8)", "text_encoder",
+             Signature((UMT5_HF_PROBE.replace(".", r"\."), r"(.*\.)?(scaled_fp8|scale_weight|weight_scale|comfy_quant)$")),
+             marker=UMT5_HF_PROBE),
     FileKind("umt5_wan", "umT5 text-encoder file (Wan's .pth layout)", "text_encoder",
-             Signature((r"(.+\.)?blocks\.0\.attn\.q\.weight$",))),
+             Signature((UMT5_WAN_PROBE.replace(".", r"\."),)), marker=UMT5_WAN_PROBE),
     FileKind("umt5_transformers", "umT5 text-encoder file (transformers layout)", "text_encoder",
-             Signature((r"(?!decoder\.)(.+\.)?encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight$",))),
-    FileKind("umt5_any", "umT5/T5 text-encoder file", "text_encoder",
-             Signature((r"(encoder\.block\.\d+\.layer|shared\.weight|token_embedding\.weight)",))),
+             Signature((UMT5_HF_PROBE.replace(".", r"\."),)), marker=UMT5_HF_PROBE),
+    FileKind("umt5_any", "umT5/T5 text-encoder file without its attention weights", None,
+             Signature((r"(encoder\.block\.\d+\.layer|shared\.weight|token_embedding\.weight)",)),
+             advice="the file is incomplete"),
     FileKind("clip_text", "CLIP text encoder (e.g. clip_l.safetensors)", None,
              Signature((r"(text_model\.encoder\.layers\.|transformer\.resblocks\.)",)),
              advice="Ovi's text encoder is umT5-XXL"),
@@ -239,7 +255,11 @@ def identify(source: str | os.PathLike | Header | Mapping, kinds: Iterable[FileK
         header = read_header(source)
     keys = header.keys
     for kind in kinds:
-        for prefix in kind.prefixes:
+        prefixes = kind.prefixes
+        if kind.marker:
+            prefixes = tuple(dict.fromkeys(k[: -len(kind.marker)] for k in keys if k.endswith(kind.marker)
+                                           and (k == kind.marker or k.endswith("." + kind.marker))))
+        for prefix in prefixes:
             sub = _under(keys, prefix)
             if sub and kind.signature.matches(sub):
                 if kind.name == "wan22_vae" and _latent_channels(header, prefix) == 16:
