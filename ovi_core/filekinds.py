@@ -112,10 +112,15 @@ def kijai_single_to_ovi(key: str) -> str:
 class Signature:
     all_of: tuple[str, ...]
     none_of: tuple[str, ...] = ()
+    dims: tuple[tuple[str, int, int], ...] = ()  # (key, axis, size): a tensor's shape, where names cannot tell
 
-    def matches(self, keys: list[str]) -> bool:
+    def matches(self, keys: list[str], shape_of: Callable[[str], tuple[int, ...]]) -> bool:
+        def has_dim(key: str, axis: int, size: int) -> bool:
+            shape = shape_of(key)
+            return len(shape) > axis and shape[axis] == size
+
         return all(any(re.match(p, k) for k in keys) for p in self.all_of) and \
-            not any(re.match(p, k) for p in self.none_of for k in keys)
+            not any(re.match(p, k) for p in self.none_of for k in keys) and all(has_dim(*d) for d in self.dims)
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ OVI_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "module.", "mo
 VAE_PREFIXES = ("", "first_stage_model.", "vae.", "model.", "module.")
 _TOWERS = (r"video_model\.", r"audio_model\.")
 _OVI_FUSED = Signature((r"video_model\.", r"audio_model\."))
-_SCALED_FP8 = (r"scaled_fp8$", r".*\.scale_weight$", r".*\.weight_scale$")
+_WAN_VAE = r"(decoder\.(conv_in|upsamples|middle|head)|encoder\.(downsamples|conv1)|conv2\.weight)"
 
 KINDS: tuple[FileKind, ...] = (
     # -- the Ovi model (bf16, fp16, fp8; rkfg's fp8 file is float8 e4m3fn with no scales: the same names)
@@ -190,12 +195,11 @@ KINDS: tuple[FileKind, ...] = (
                         r"decoder\.conv_in\.weight$)",), (r"decoder\.middle\.",)), ("", "vae.")),
     FileKind("bigvgan", "BigVGAN vocoder", "vocoder", Signature((r"(conv_pre\.|ups\.\d+|resblocks\.\d+|generator$)",)),
              ("", "vocoder.", "generator.")),
-    # -- video VAEs (the Wan2.1 row: a 16-channel latent space, told apart by shape in `identify`)
-    FileKind("wan22_vae", "Wan video VAE (Wan2.2, 48-channel latents)", "video_vae",
-             Signature((r"(decoder\.(conv_in|upsamples|middle|head)|encoder\.(downsamples|conv1)|conv2\.weight)",)),
-             VAE_PREFIXES),
-    FileKind("wan21_vae", "Wan2.1 video VAE (16-channel latents)", None, Signature(("(?!)",)), VAE_PREFIXES,
+    # -- video VAEs: Wan2.1's has the same names, a 16-channel latent space
+    FileKind("wan21_vae", "Wan2.1 video VAE (16-channel latents)", None,
+             Signature((_WAN_VAE,), dims=(("decoder.conv1.weight", 1, 16),)), VAE_PREFIXES,
              advice="Ovi needs the 48-channel Wan2.2 VAE"),
+    FileKind("wan22_vae", "Wan video VAE (Wan2.2, 48-channel latents)", "video_vae", Signature((_WAN_VAE,)), VAE_PREFIXES),
     FileKind("diffusers_vae", "diffusers-format VAE", None, Signature((r"(decoder\.up_blocks\.|post_quant_conv\.)",))),
 )
 BY_NAME = {k.name: k for k in KINDS}
@@ -210,7 +214,6 @@ class Identified:
     kind: FileKind
     header: Header
     prefix: str = ""
-    partner: Identified | None = None
 
     @property
     def name(self) -> str:
@@ -261,16 +264,9 @@ def identify(source: str | os.PathLike | Header | Mapping, kinds: Iterable[FileK
                                            and (k == kind.marker or k.endswith("." + kind.marker))))
         for prefix in prefixes:
             sub = _under(keys, prefix)
-            if sub and kind.signature.matches(sub):
-                if kind.name == "wan22_vae" and _latent_channels(header, prefix) == 16:
-                    kind = BY_NAME["wan21_vae"]
+            if sub and kind.signature.matches(sub, lambda k, p=prefix: header.shapes.get(p + k, ())):
                 return Identified(kind, header, prefix)
     return Identified(UNKNOWN, header)
-
-
-def _latent_channels(header: Header, prefix: str) -> int | None:
-    shape = header.shapes.get(prefix + "decoder.conv1.weight")
-    return shape[1] if shape and len(shape) > 1 else None
 
 
 def describe(source) -> str:
