@@ -15,8 +15,9 @@ Stated rules:
     i (time i/24 s) is the source frame nearest in time, index floor(i * fps / 24 + 1/2); past the source's last frame
     the last frame is repeated (padding); source frames after the window are cut. Logged (a WARNING when frames are
     padded or cut, INFO otherwise).
-  * frame size: each frame is centre-cropped to the clip's aspect ratio and resized (bicubic, antialiased), as the
-    start image of image-to-video.
+  * frame size: each frame as the start image of image-to-video (ovi_core.media: resized whole when the clip's size
+    is the one Ovi gives the frames' aspect ratio, else centre-cropped to the clip's aspect ratio first; bicubic,
+    no antialias).
   * audio: ovi_core.audio_input.prepare_audio — mixed to mono by averaging, resampled to 16 kHz, the END trimmed or
     padded with silence to the window (5.024 s / 10.048 s); logged.
 
@@ -32,14 +33,14 @@ import comfy.model_sampling
 import comfy.nested_tensor
 import comfy.utils
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ovi_core.errors import OviInputError
+from ovi_core.media import clip_to_images, images_to_clip
 
 from . import bridge, native_nodes
 from . import native_model as native
-from .convert import audio_latent_to_comfy, video_latent_to_comfy
+from .convert import audio_from_comfy, audio_latent_to_comfy, video_latent_to_comfy
 from .handles import OviAudioVAEType, OviVideoVAEType
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ def check_fps(fps) -> float:
 
 
 def check_frames(images, what: str = "images") -> torch.Tensor:
-    """IMAGE [T, H, W, C] with T >= 2 -> RGB [T, H, W, 3] (a view: a long clip is not copied); a clear message
-    otherwise."""
+    """IMAGE [T, H, W, C] with T >= 2 (a view: a long clip is not copied; its channels are read by
+    ovi_core.media.images_to_clip); a clear message otherwise."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise OviInputError(f"{what} must be an IMAGE batch of frames [frames, height, width, 3]; got {shape}")
@@ -71,13 +72,8 @@ def check_frames(images, what: str = "images") -> torch.Tensor:
         raise OviInputError(f"{what} is a single image; Ovi Video To Audio makes sound for a clip of several frames. "
                             "For a picture that should move, use Ovi AV Latent From Parts with a start_image (or "
                             "repeat the image into a batch with core RepeatImageBatch for a still clip)")
-    channels = images.shape[-1]
-    if channels == 4:
-        images = images[..., :3]
-    elif channels == 1:
-        images = images.expand(-1, -1, -1, 3)
-    elif channels != 3:
-        raise OviInputError(f"{what} has {channels} channels; expected RGB (3) or RGBA (4) frames")
+    if images.shape[-1] not in (1, 3, 4):
+        raise OviInputError(f"{what} has {images.shape[-1]} channels; expected RGB (3) or RGBA (4) frames")
     return images
 
 
@@ -111,31 +107,8 @@ def fit_frames(images: torch.Tensor, fps: float, frames: int) -> torch.Tensor:
     return images[torch.tensor(index)]
 
 
-def resize_frames(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE [T, H, W, 3] in 0..1 -> [1, 3, T, height, width] in [-1, 1]: centre crop to the aspect ratio, then
-    bicubic antialiased resize (convert.start_image_to_frames's rule, for every frame)."""
-    x = images.movedim(-1, 1)  # [T, 3, h, w]
-    h, w = x.shape[2:]
-    if w * height > h * width:
-        new_w = max(1, round(h * width / height))
-        x = x[:, :, :, (w - new_w) // 2: (w - new_w) // 2 + new_w]
-    elif w * height < h * width:
-        new_h = max(1, round(w * height / width))
-        x = x[:, :, (h - new_h) // 2: (h - new_h) // 2 + new_h, :]
-    if tuple(x.shape[2:]) != (height, width):
-        x = torch.cat([F.interpolate(x[i: i + 16], size=(height, width), mode="bicubic", align_corners=False,
-                                     antialias=True) for i in range(0, x.shape[0], 16)])
-    return (x.clamp(0.0, 1.0) * 2.0 - 1.0).movedim(0, 1).unsqueeze(0)
-
-
 def check_audio(audio) -> tuple[torch.Tensor, int]:
-    if not isinstance(audio, dict) or not isinstance(audio.get("waveform"), torch.Tensor) or "sample_rate" not in audio:
-        raise OviInputError(f"audio must be an AUDIO {{'waveform': [batch, channels, samples], 'sample_rate'}}; got "
-                            f"{type(audio).__name__}")
-    wave = audio["waveform"]
-    if wave.dim() == 2:
-        wave = wave.unsqueeze(0)
-    return wave, audio["sample_rate"]
+    return audio_from_comfy(audio)
 
 
 # ---- the joint latent from parts -----------------------------------------------------------------------------------
@@ -271,7 +244,8 @@ class OviVideoToAudio(io.ComfyNode):
                                        "grid by nearest frame in time; a short clip repeats its last frame, a long "
                                        "one is cut (logged)."),
                 io.Int.Input("width", default=704, min=32, max=4096, step=32,
-                             tooltip="Width the frames are centre-cropped and resized to (the model's size: "
+                             tooltip="Width the frames are resized to, centre-cropped to width:height first unless "
+                                     "it is Ovi's size for their aspect ratio (the model's size: "
                                      "704 for 720x720_5s, 960 for the 960 models, 64 for the demo)."),
                 io.Int.Input("height", default=704, min=32, max=4096, step=32, tooltip="Height (see width)."),
                 io.Int.Input("length", default=5, min=1, max=1000, tooltip=LENGTH_TOOLTIP),
@@ -302,13 +276,13 @@ class OviVideoToAudio(io.ComfyNode):
         latents, _ = native_nodes.latent_lengths(length)
         frames = check_frames(images)
         grid = fit_frames(frames, fps, 4 * (latents - 1) + 1).float()  # only the window's frames are copied
-        clip = resize_frames(grid, width, height)  # [1, 3, T, H, W]
+        clip = images_to_clip(grid, width, height)  # [1, 3, T, H, W] in [-1, 1]
         if not hasattr(video_vae, "acquire"):
             raise OviInputError("video_vae must come from Ovi Video VAE Loader")
         encoded = video_vae.acquire().encode(clip)  # normalised [1, 48, F, h, w]
         video = video_latent_to_comfy(encoded, torch.device("cpu"))
         latent = av_latent_from_parts(width, height, length, video=video, keep_video=True)
-        shown = ((clip[0].movedim(0, -1) + 1.0) * 0.5).clamp(0, 1)  # [T, H, W, 3]
+        shown = clip_to_images(clip)  # [T, H, W, 3]
         return io.NodeOutput(latent, shown.to(bridge.intermediate_device()))
 
 
@@ -335,7 +309,8 @@ class OviAVLatentFromParts(io.ComfyNode):
                 io.Latent.Input("audio", optional=True, tooltip="An audio LATENT [B, 20, L] (Ovi Audio Encode)."),
                 io.Image.Input("start_image", optional=True,
                                tooltip="Keep this picture as video frame 0 (image + voice -> talking clip). "
-                                       "Centre-cropped to width x height. Needs video_vae."),
+                                       "Resized as Ovi Sampler's start_image (whole when width x height is Ovi's "
+                                       "size for its aspect ratio, else centre-cropped first). Needs video_vae."),
                 OviVideoVAEType.Input("video_vae", optional=True, tooltip="Encodes the start image."),
             ],
             outputs=[io.Latent.Output(tooltip="The joint LATENT with per-modality noise masks: for "

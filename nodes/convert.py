@@ -1,5 +1,6 @@
 """Conversions between ComfyUI's socket types and ovi_core's tensors, with the checks that turn a wrong input
-into a message a user can act on.
+into a message a user can act on. Pictures and sound themselves are converted by ovi_core.media (first frame,
+frames <-> IMAGE, waveform layouts), the same code as the CLI's; here only ComfyUI's dicts are packed and unpacked.
 
 LATENT layouts produced and accepted by the pack (documented in docs_nodes.md):
 - video: ``{"samples": [B, 48, F, H/16, W/16]}`` — ComfyUI's Wan2.2 layout, i.e. the *raw* Wan2.2 VAE latent
@@ -12,11 +13,12 @@ LATENT layouts produced and accepted by the pack (documented in docs_nodes.md):
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
-import torch.nn.functional as F
 
 from ovi_core.errors import OviInputError
+from ovi_core.media import audio_layout
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 log = logging.getLogger(__name__)
@@ -101,48 +103,29 @@ def audio_latent_from_comfy(latent, socket: str = "audio_latent") -> torch.Tenso
     return x.float()
 
 
-# ---- IMAGE -------------------------------------------------------------------------------------------------------
-def frames_to_image(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """VAE output [B, 3, T, H, W] in [-1, 1] -> IMAGE [B*T, H, W, 3] in 0..1 (clips one after the other)."""
-    image = ((frames.float() + 1.0) * 0.5).clamp_(0.0, 1.0)
-    return image.permute(0, 2, 3, 4, 1).flatten(0, 1).contiguous().to(device)
+# ---- AUDIO -------------------------------------------------------------------------------------------------------
+def audio_from_comfy(audio, name: str = "audio", one: bool = False) -> tuple[torch.Tensor, int]:
+    """ComfyUI AUDIO {"waveform": [B, C, N], "sample_rate"} -> (waveform [B, C, N] as given, rate in Hz); ``one``:
+    a single sound only (B = 1). The layouts are ovi_core.media.audio_layout's ([C, N] is taken as one sound)."""
+    if not isinstance(audio, dict) or not isinstance(audio.get("waveform"), torch.Tensor) or "sample_rate" not in audio:
+        raise OviInputError(f"{name} must be an AUDIO {{'waveform': [batch, channels, samples], 'sample_rate'}}, got "
+                            f"{type(audio).__name__}")
+    wave = audio_layout(audio["waveform"], name)
+    if one and wave.shape[0] != 1:
+        raise OviInputError(f"{name} holds a batch of {wave.shape[0]} sounds; one clip takes one. Join them first "
+                            "(core's AudioConcat) or decode a single clip")
+    rate = audio["sample_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or int(rate) < 1 \
+            or rate != int(rate):
+        raise OviInputError(f"{name} sample_rate must be a positive whole number of Hz (a sample rate such as "
+                            f"16000), got {rate!r}")
+    return wave, int(rate)
 
 
-def start_image_to_frames(image, width: int, height: int) -> torch.Tensor:
-    """One IMAGE [1, H, W, C] of any size -> a first frame [1, 3, 1, height, width] in [-1, 1].
-
-    Like ComfyUI's WanImageToVideo: the picture is centre-cropped to the clip's aspect ratio, then resized (bicubic,
-    antialiased). RGBA drops its alpha, greyscale is repeated to RGB. A batch of several images is refused."""
-    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4):
-        shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise OviInputError(f"start_image must be an IMAGE [batch, height, width, channels], got {shape}")
-    if image.dim() == 3:
-        image = image.unsqueeze(0)
-    if image.shape[0] != 1:
-        raise OviInputError(f"start_image is a batch of {image.shape[0]} images; a clip starts from one picture. "
-                            "Pick one with core's ImageFromBatch (batch_index = the frame you want)")
-    channels = image.shape[-1]
-    if channels == 4:
-        log.info("start_image has an alpha channel; it is ignored (the RGB values are used as they are)")
-        image = image[..., :3]
-    elif channels == 1:
-        image = image.expand(-1, -1, -1, 3)
-    elif channels != 3:
-        raise OviInputError(f"start_image has {channels} channels; expected an RGB (3) or RGBA (4) IMAGE")
-    if min(image.shape[1:3]) < 1:
-        raise OviInputError(f"start_image is empty: {list(image.shape)}")
-    x = image.float().movedim(-1, 1)  # [1, 3, h, w]
-    h, w = x.shape[2:]
-    # centre crop to the target aspect ratio
-    if w * height > h * width:  # too wide
-        new_w = max(1, round(h * width / height))
-        x = x[:, :, :, (w - new_w) // 2: (w - new_w) // 2 + new_w]
-    elif w * height < h * width:  # too tall
-        new_h = max(1, round(w * height / width))
-        x = x[:, :, (h - new_h) // 2: (h - new_h) // 2 + new_h, :]
-    if tuple(x.shape[2:]) != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-    return (x.clamp(0.0, 1.0) * 2.0 - 1.0).unsqueeze(2)  # [1, 3, 1, H, W]
+def audio_to_comfy(wave: torch.Tensor, sample_rate: int, device: torch.device | None = None) -> dict:
+    """A waveform [N], [C, N] or [B, C, N] -> ComfyUI AUDIO {"waveform": float32 [B, C, N], "sample_rate"}."""
+    wave = audio_layout(wave).float()
+    return {"waveform": wave if device is None else wave.to(device), "sample_rate": int(sample_rate)}
 
 
 def check_size(width, height, target_area: int | None = None, what: str = "") -> str | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ovi_core.media import clip_to_images
+
 from . import bridge
 from .bridge import io
-from .convert import audio_latent_from_comfy, frames_to_image, video_latent_from_comfy
+from .convert import audio_latent_from_comfy, audio_to_comfy, video_latent_from_comfy
 from .handles import OviAudioVAEType, OviVideoVAEType
 
 SAMPLE_RATES = ("16000", "22050", "24000", "32000", "44100", "48000")
@@ -54,7 +56,7 @@ class OviVideoDecode(io.ComfyNode):
         latent = video_latent_from_comfy(video_latent)
         tile = (tile_size // 16, tile_size // 16) if tiled else None
         frames = video_vae.acquire().decode(latent, tile=tile, tile_overlap=OVERLAP)  # [B, 3, T, H, W] in [-1, 1]
-        return io.NodeOutput(frames_to_image(frames, bridge.intermediate_device()))
+        return io.NodeOutput(clip_to_images(frames).to(bridge.intermediate_device()))
 
 
 class OviAudioDecode(io.ComfyNode):
@@ -95,4 +97,4 @@ class OviAudioDecode(io.ComfyNode):
             from ovi_core.audio_resample import resample_audio
 
             waveform = resample_audio(waveform, decoder.sample_rate, rate)
-        return io.NodeOutput({"waveform": waveform.to(bridge.intermediate_device()), "sample_rate": rate})
+        return io.NodeOutput(audio_to_comfy(waveform, rate, bridge.intermediate_device()))

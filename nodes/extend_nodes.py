@@ -28,8 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ovi_core.media import clip_to_images, images_to_clip
+
 from . import bridge
 from .bridge import io
+from .convert import audio_from_comfy, audio_to_comfy
 from .handles import OviVideoVAEType
 
 log = logging.getLogger(__name__)
@@ -131,10 +134,7 @@ def _tail_frames(images, count: int, height: int, width: int) -> torch.Tensor:
     if tuple(images.shape[1:3]) != (height, width):
         raise OviInputError(f"images are {images.shape[2]}x{images.shape[1]} but the latent is {width}x{height}: "
                             "connect the frames decoded from this latent")
-    frames = images[-count:, :, :, :3].float()
-    if frames.shape[-1] == 1:
-        frames = frames.expand(-1, -1, -1, 3)
-    return (frames.clamp(0.0, 1.0) * 2.0 - 1.0).permute(3, 0, 1, 2).unsqueeze(0)  # [1, 3, count, H, W]
+    return images_to_clip(images[-count:])  # [1, 3, count, H, W]
 
 
 def next_window_latent(video: torch.Tensor, audio: torch.Tensor, start_latent: torch.Tensor, seam: Seam) -> dict:
@@ -165,7 +165,7 @@ def _encode_start(frames: torch.Tensor, video_vae, vae, device) -> torch.Tensor:
     if vae is None:
         raise OviInputError("Ovi Extend needs a video VAE to encode the next window's start frames: connect Ovi Video "
                             "VAE Loader to video_vae, or core VAELoader (wan2.2_vae) to vae")
-    pixels = ((frames[0].permute(1, 2, 3, 0) + 1.0) * 0.5).clamp(0.0, 1.0)  # IMAGE [4m+1, H, W, 3]
+    pixels = clip_to_images(frames)  # IMAGE [4m+1, H, W, 3]
     out = vae.encode(pixels)
     if out.dim() != 5 or out.shape[1] != VIDEO_LATENT_CHANNELS or out.shape[2] != (frames.shape[2] + 3) // 4:
         raise OviInputError(f"vae encoded {frames.shape[2]} frames to {list(out.shape)}, not a Wan2.2 latent "
@@ -192,14 +192,8 @@ def extend(latent, images, video_vae, overlap_seconds: float, vae=None) -> dict:
 
 # ---- joining decoded windows ---------------------------------------------------------------------------------------
 def _audio(audio, name: str) -> tuple[torch.Tensor, int]:
-    from ovi_core.errors import OviInputError
-
-    if not isinstance(audio, dict) or not isinstance(audio.get("waveform"), torch.Tensor) or "sample_rate" not in audio:
-        raise OviInputError(f"{name} must be an AUDIO {{'waveform': [1, channels, samples], 'sample_rate'}}")
-    wave = audio["waveform"]
-    if wave.dim() != 3 or wave.shape[0] != 1:
-        raise OviInputError(f"{name} must hold one sound [1, channels, samples], got {list(wave.shape)}")
-    return wave.float(), int(audio["sample_rate"])
+    wave, rate = audio_from_comfy(audio, name, one=True)
+    return wave.float(), rate
 
 
 def join_clips(images, audio, next_images, next_audio, overlap_seconds: float):
@@ -246,7 +240,7 @@ def join_clips(images, audio, next_images, next_audio, overlap_seconds: float):
     faded = tail * (1.0 - ramp) + next_wave[:, :, :overlap] * ramp
     joined = torch.cat([head, faded, next_wave[:, :, overlap:]], dim=2)
     frames = torch.cat([images, next_images[kept:].to(images)], dim=0)
-    return frames, {"waveform": joined, "sample_rate": rate}
+    return frames, audio_to_comfy(joined, rate)
 
 
 # ---- nodes ---------------------------------------------------------------------------------------------------------

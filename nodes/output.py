@@ -10,8 +10,11 @@ import os
 import numpy as np
 import torch
 
+from ovi_core.media import audio_to_numpy, rgb_channels
+
 from . import bridge
 from .bridge import io
+from .convert import audio_from_comfy, audio_to_comfy
 
 log = logging.getLogger(__name__)
 
@@ -22,31 +25,17 @@ def _check_frames(images) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
         shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise OviInputError(f"images must be an IMAGE batch [frames, height, width, 3], got {shape}")
-    if images.shape[-1] == 1:
-        return images.expand(-1, -1, -1, 3)
-    return images[..., :3]
+    return rgb_channels(images, "images")
 
 
 def _check_audio(audio) -> tuple[torch.Tensor, int]:
     """AUDIO -> (waveform [C, N], sample rate); one clip only."""
     from ovi_core.errors import OviInputError
 
-    if not isinstance(audio, dict) or not isinstance(audio.get("waveform"), torch.Tensor) or "sample_rate" not in audio:
-        raise OviInputError(f"audio must be an AUDIO {{'waveform': [batch, channels, samples], 'sample_rate'}}, got "
-                            f"{type(audio).__name__}")
-    wave = audio["waveform"]
-    if wave.dim() == 2:
-        wave = wave.unsqueeze(0)
-    if wave.dim() != 3 or wave.shape[1] not in (1, 2):
+    wave, rate = audio_from_comfy(audio, "audio", one=True)
+    if wave.shape[1] not in (1, 2):
         raise OviInputError(f"audio waveform must be [batch, 1 or 2 channels, samples], got {list(wave.shape)}")
-    if wave.shape[0] != 1:
-        raise OviInputError(f"audio holds a batch of {wave.shape[0]} sounds; one clip takes one. Join them first "
-                            "(core's AudioConcat) or decode a single clip")
-    rate = audio["sample_rate"]
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or int(rate) < 1 \
-            or rate != int(rate):
-        raise OviInputError(f"audio sample_rate must be a positive whole number of Hz (e.g. 16000), got {rate!r}")
-    return wave[0].float().cpu(), int(rate)
+    return wave[0].float().cpu(), rate
 
 
 # What ComfyUI appends to the prefix ("_00001_.mp4") plus what the temporary name adds while writing.
@@ -76,10 +65,10 @@ def fps_problem(fps) -> str | None:
 
 def aligned_audio(wave: torch.Tensor, sample_rate: int, num_frames: int, fps: float) -> dict:
     """The AUDIO exactly as written into the mp4: padded with silence / cut to num_frames / fps (ovi_core.mux rule)."""
-    from ovi_core.mux import align_audio_to_video, audio_to_numpy
+    from ovi_core.mux import align_audio_to_video
 
     samples, _ = align_audio_to_video(audio_to_numpy(wave), sample_rate, num_frames, fps)
-    return {"waveform": torch.from_numpy(np.ascontiguousarray(samples)).unsqueeze(0), "sample_rate": sample_rate}
+    return audio_to_comfy(torch.from_numpy(np.ascontiguousarray(samples)), sample_rate)
 
 
 def mux_clip(images, audio, fps, filename_prefix, prompt=None, extra_pnginfo=None):

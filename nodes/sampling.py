@@ -14,7 +14,6 @@ from .convert import (
     check_size,
     joint_latent_parts,
     refuse,
-    start_image_to_frames,
     text_from_conditioning,
     video_latent_from_comfy,
     video_latent_to_comfy,
@@ -46,16 +45,18 @@ def sync_cuts() -> list[str]:
     return list(SYNC_CUTS)
 
 
-def encode_start_image(image, video_vae, width: int, height: int):
-    """IMAGE -> clean first-frame latent [1, 48, 1, height/16, width/16] (normalised), or None without an image."""
+def encode_start_image(image, video_vae, width: int, height: int, target_area: int | None = None):
+    """IMAGE -> clean first-frame latent [1, 48, 1, height/16, width/16] (normalised), or None without an image. The
+    frame is ovi_core.media.first_frame's, the CLI's (``target_area``: the model's, when it is known)."""
     from ovi_core.errors import OviInputError
+    from ovi_core.media import first_frame
 
     if image is None:
         return None
     if video_vae is None:
         raise OviInputError("a start_image needs a video_vae to encode it: connect Ovi Video VAE Loader to the "
                             "sampler's video_vae input")
-    frames = start_image_to_frames(image, width, height)
+    frames = first_frame(image, width, height, target_area, name="start_image")
     return video_vae.acquire().encode(frames)
 
 
@@ -166,7 +167,7 @@ def sample_clip(model, text, seed, steps, solver, shift, video_guidance, audio_g
     if start_image is not None:
         if first is not None:
             raise OviInputError("both a start_image and a latent whose mask keeps frame 0: connect one of them")
-        first = encode_start_image(start_image, video_vae, width, height)
+        first = encode_start_image(start_image, video_vae, width, height, variant.target_area)
     progress = bridge.Progress(steps, bridge.wan22_latent_format())
     bridge.load_model(model)
     video, audio = sample_joint(
@@ -225,7 +226,9 @@ class OviSampler(io.ComfyNode):
                     "From Ovi Text Encode (or Ovi Text From Conditioning). Not connected: positive / negative.")),
                 io.Image.Input("start_image", optional=True, tooltip=(
                     "Image-to-video: the first frame (any IMAGE, e.g. LoadImage or another clip's last frame). "
-                    "Centre-cropped to width x height.")),
+                    "Resized whole (bicubic, as the original Ovi and the CLI) when width x height is the size Ovi "
+                    "gives this image's aspect ratio; otherwise centre-cropped to width:height first (not "
+                    "stretched). Alpha is ignored.")),
                 OviVideoVAEType.Input("video_vae", optional=True, tooltip="Needed with a start image, to encode it."),
                 io.Conditioning.Input("positive", optional=True, tooltip=(
                     "Instead of text: the prompt as CONDITIONING (Ovi Text Encode's positive, or core CLIPTextEncode "

@@ -7,7 +7,7 @@ Stated rules (`prepare_audio`), applied in this order:
 1. Checked: a float tensor [channels, samples] (or [samples] = mono), 1-8 channels, at least one sample, no NaN/inf;
    the sample rate an integer from 1,000 to 768,000 Hz. Anything else raises OviInputError saying what to do.
 2. Mixed to mono by averaging the channels (a stereo file with opposite channels cancels: that is the rule).
-3. Resampled to 16 kHz with the project's resampler (`audio_resample.resample_audio`, FFmpeg's swresample);
+3. Resampled to 16 kHz with the project's resampler (`audio_resample.resample_audio`: torchaudio's, else FFmpeg's);
    a long input is first cut at the source rate to what the window needs plus a margin, so an hour of audio is
    not resampled to use 5 s of it.
 4. Fitted to the window (the variant's audio latent length x 512 samples: 80,384 for the 5 s models, 160,768 for
@@ -31,6 +31,7 @@ import torch
 from .audio_resample import resample_audio
 from .config import Variant, get_variant
 from .errors import OviInputError
+from .media import audio_layout
 from .mmaudio_encoder import AudioEncoder
 from .mmaudio_vae import SAMPLE_RATE, SAMPLES_PER_LATENT
 
@@ -163,14 +164,11 @@ def encode_audio_batch(
     variant: Variant | str | None = None,
     num_latents: int | None = None,
 ) -> torch.Tensor:
-    """waveform [B, C, N] (ComfyUI AUDIO's layout) at `sample_rate` -> float32 audio latents [B, L, 20] in the
-    sampler's layout (channel last; the VAE / ComfyUI LATENT layout is its transpose(1, 2), [B, 20, L]).
-    L is the variant's audio latent length unless `num_latents` is given. Each clip is prepared by prepare_audio."""
-    if isinstance(waveform, np.ndarray):
-        waveform = torch.from_numpy(waveform)
-    if not isinstance(waveform, torch.Tensor) or waveform.dim() != 3:
-        shape = tuple(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
-        raise OviInputError(f"audio batch must be a tensor [batch, channels, samples]; got {shape}")
+    """waveform [B, C, N] (ComfyUI AUDIO's layout; [C, N] and [N] are one clip, ovi_core.media.audio_layout) at
+    `sample_rate` -> float32 audio latents [B, L, 20] in the sampler's layout (channel last; the VAE / ComfyUI LATENT
+    layout is its transpose(1, 2), [B, 20, L]). L is the variant's audio latent length unless `num_latents` is given.
+    Each clip is prepared by prepare_audio."""
+    waveform = audio_layout(waveform, "audio batch")
     if waveform.shape[0] == 0:
         raise OviInputError(f"audio batch is empty: shape {tuple(waveform.shape)}")
     length = _latent_length(variant, num_latents)

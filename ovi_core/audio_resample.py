@@ -1,7 +1,7 @@
-"""Sample-rate conversion for the generated audio (16 kHz native -> e.g. 44.1 or 48 kHz).
+"""Sample-rate conversion, the one resampler of the project (audio decoder outputs, audio inputs, the mp4 writer).
 
-Uses FFmpeg's libswresample through PyAV (already a dependency for muxing); when PyAV is missing and torchaudio
-is importable, torchaudio's windowed-sinc resampler is used instead. The output always has exactly
+torchaudio's windowed-sinc resampler when torchaudio is importable (it always is inside ComfyUI); otherwise FFmpeg's
+libswresample through PyAV (a dependency anyway, for muxing). The output always has exactly
 round(N * to_sr / from_sr) samples per channel and stays time-aligned with the input.
 """
 
@@ -26,9 +26,9 @@ def resample_audio(waveform: torch.Tensor, from_sr: int, to_sr: int) -> torch.Te
     n_out = round(waveform.shape[-1] * to_sr / from_sr)
     rows = waveform.detach().float().cpu().reshape(-1, waveform.shape[-1])
     try:
-        out = _resample_pyav(rows, from_sr, to_sr, n_out)
-    except ImportError:
         out = _resample_torchaudio(rows, from_sr, to_sr, n_out)
+    except (ImportError, OSError):  # not installed, or its compiled part does not match the installed torch
+        out = _resample_pyav(rows, from_sr, to_sr, n_out)
     return out.reshape(waveform.shape[:-1] + (n_out,)).to(waveform.device)
 
 
@@ -37,8 +37,17 @@ def _fit(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[..., :n] if x.shape[-1] >= n else torch.nn.functional.pad(x, (0, n - x.shape[-1]))
 
 
+def _resample_torchaudio(rows: torch.Tensor, from_sr: int, to_sr: int, n_out: int) -> torch.Tensor:
+    import torchaudio.functional as taf  # ImportError / OSError handled by the caller
+
+    return _fit(taf.resample(rows, from_sr, to_sr), n_out)
+
+
 def _resample_pyav(rows: torch.Tensor, from_sr: int, to_sr: int, n_out: int) -> torch.Tensor:
-    import av  # ImportError handled by the caller
+    try:
+        import av
+    except ImportError as exc:
+        raise OviError("resampling audio needs torchaudio or PyAV: pip install av") from exc
     import numpy as np
 
     out = torch.empty(rows.shape[0], n_out)
@@ -50,11 +59,3 @@ def _resample_pyav(rows: torch.Tensor, from_sr: int, to_sr: int, n_out: int) -> 
         res = torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0)
         out[i] = _fit(res, n_out)
     return out
-
-
-def _resample_torchaudio(rows: torch.Tensor, from_sr: int, to_sr: int, n_out: int) -> torch.Tensor:
-    try:
-        import torchaudio.functional as taf
-    except ImportError as exc:
-        raise OviError("resampling audio needs PyAV: pip install av") from exc
-    return _fit(taf.resample(rows, from_sr, to_sr), n_out)

@@ -40,10 +40,6 @@ class BigVGANConfig:
         """The golden-vector size: released config except upsample_initial_channel 64."""
         return cls(upsample_initial_channel=64)
 
-    @property
-    def hop(self) -> int:
-        return math.prod(self.upsample_rates)
-
 
 def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> torch.Tensor:
     """Kaiser-windowed sinc low-pass filter [1, 1, K], normalised to unit sum (the anti-aliasing filter)."""

@@ -195,10 +195,13 @@ def build_parser(prog: str = "python -m ovi_core") -> argparse.ArgumentParser:
                      "(720x720_5s) or a final 'Audio: ...' (960 models); the wrong spelling is rewritten")
     src.add_argument("--prompts", type=Path, help="batch: a .txt file (one prompt per line) or a .csv/.tsv with a "
                      "text_prompt column and an optional image_path column (as the reference's example_prompts/)")
-    what.add_argument("--image", type=Path, help="first frame (image-to-video); the size then comes from the image")
+    what.add_argument("--image", type=Path, help="first frame (image-to-video). Alone, the clip takes the image's "
+                      "aspect ratio at the model's area (the original's size, multiples of 32); with --width/--height "
+                      "the image is centre-cropped to that aspect ratio (nothing is stretched) and resized, bicubic "
+                      "(ovi_core.media)")
     what.add_argument("--width", type=_int_in(1, MAX_SIDE, "pixels"), help="width in pixels, 1.."
                       f"{MAX_SIDE}: with --height it sets the aspect ratio; the model keeps its trained area "
-                      "(default square)")
+                      "(default square, or the --image's aspect ratio)")
     what.add_argument("--height", type=_int_in(1, MAX_SIDE, "pixels"), help=f"height in pixels, 1..{MAX_SIDE}")
     what.add_argument("--video-negative", default=DEFAULT_VIDEO_NEGATIVE_PROMPT,
                       help=f"video negative prompt (default: {DEFAULT_VIDEO_NEGATIVE_PROMPT!r})")
@@ -595,7 +598,9 @@ def _pipeline_kwargs(args) -> dict:
 
 
 def weight_paths_from_args(args):
-    """The OviWeightPaths the options (and environment) select, or None for the demo model."""
+    """The OviWeightPaths the options (and environment) select, or None for the demo model. Its variant is decided
+    here, once: --variant; else the one the fused file was found as; else (the file was named) None: the file tells."""
+    from ovi_core.config import get_variant
     from ovi_core.model_paths import (
         LABELS,
         WHERE_TO_GET,
@@ -624,10 +629,11 @@ def weight_paths_from_args(args):
     if ckpt is None and comfy is None and not files:
         return None
     skip = frozenset(files)
+    variant = get_variant(args.variant) if args.variant else None
     if ckpt is not None:
-        found = find_in_reference_folder(ckpt, args.variant, args.fp8, skip=skip)
+        found = find_in_reference_folder(ckpt, variant, args.fp8, skip=skip)
     elif comfy is not None:
-        found = find_in_comfy_models(comfy, args.variant, args.fp8, skip=skip)
+        found = find_in_comfy_models(comfy, variant, args.fp8, skip=skip)
     else:
         absent = [p for p in ("fusion", "text_encoder", "video_vae", "audio_vae", "vocoder") if p not in files]
         if absent:
@@ -636,8 +642,7 @@ def weight_paths_from_args(args):
                 f"{LABELS[p]} (--{opts[p]}): get it from {WHERE_TO_GET[p]}" for p in absent)
                 + " — or point --ckpt-dir / --comfy-models at a folder holding them")
         found = OviWeightPaths(fusion=files["fusion"], text_encoder=files["text_encoder"], video_vae=files["video_vae"],
-                               audio_vae=files["audio_vae"], vocoder=files["vocoder"],
-                               variant=args.variant or "720x720_5s")
+                               audio_vae=files["audio_vae"], vocoder=files["vocoder"], variant=variant)
     paths = found.with_overrides(**files)
     check_paths(paths)
     return paths
@@ -695,11 +700,7 @@ def make_pipeline(args, paths, process_group=None):
     if paths is None:
         return OviPipeline.demo(device=args.device or "cpu", keep_loaded=args.keep_loaded, num_threads=args.threads,
                                 vae_tile=args.vae_tile, process_group=process_group)
-    # the variant: as asked; else told by the fused file when it was named explicitly; else the one found
-    variant = args.variant or (None if args.model is not None else paths.variant)
-    return OviPipeline.from_paths(paths.fusion, paths.text_encoder, paths.video_vae, paths.audio_vae, paths.vocoder,
-                                  paths.tokenizer, variant=variant, process_group=process_group,
-                                  **_pipeline_kwargs(args))
+    return OviPipeline.from_weight_paths(paths, process_group=process_group, **_pipeline_kwargs(args))
 
 
 def check_size(args, pipe) -> None:
@@ -707,9 +708,6 @@ def check_size(args, pipe) -> None:
     from ovi_core.sizes import check_clip_size, snap_to_area
 
     if args.width is None and args.height is None:
-        return
-    if args.prompts is None and args.image is not None:
-        logger.info("--image given: the clip's size comes from the image; --width/--height are ignored")
         return
     side = math.isqrt(pipe.variant.target_area)
     width, height = args.width or side, args.height or side
@@ -851,7 +849,7 @@ def cmd_check_weights(args) -> int:
         print("no weights configured: `generate` would run the built-in demo model (untrained). Use --ckpt-dir, "
               f"--comfy-models or the file options (or {ENV_CKPT_DIR} / {ENV_COMFY_MODELS}).")
         return EXIT_OK
-    print(f"Ovi {paths.variant}:")
+    print(f"Ovi {paths.variant.name if paths.variant else '(variant read from the fused file)'}:")
     bad = 0
     if not args.quick:
         print("reading every tensor of the fused model for NaN/Inf (skip with --quick) ...", flush=True)

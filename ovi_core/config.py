@@ -173,10 +173,6 @@ class Variant:
     def num_frames(self) -> int:
         return 1 + 4 * (self.video_latent_length - 1)
 
-    @property
-    def num_audio_samples(self) -> int:
-        return 512 * self.audio_latent_length
-
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -190,7 +186,10 @@ DEFAULT_VARIANT = "720x720_5s"
 FP8_FILENAME = "model_fp8_e4m3fn.safetensors"  # rkfg/Ovi-fp8_quantized, a 720x720_5s model
 
 
-def get_variant(name: str) -> Variant:
+def get_variant(name: str | Variant) -> Variant:
+    """The released variant called ``name`` (a Variant is returned as it is: callers that resolved it pass it on)."""
+    if isinstance(name, Variant):
+        return name
     try:
         return VARIANTS[name]
     except KeyError:

@@ -16,8 +16,8 @@ import logging
 
 import torch
 
+from ovi_core import mmaudio_encoder, mmaudio_vae, text_encoder, wan_vae
 from ovi_core.config import FusionConfig, Variant
-from ovi_core.errors import OviError
 from ovi_core.fusion import OviFusion
 from ovi_core.sampler import SamplingSettings
 from ovi_core.weights import init_weights_seeded
@@ -62,9 +62,6 @@ def demo_notice(steps: int = DEMO_SETTINGS.steps) -> str:
     )
 
 
-DEMO_NOTICE = demo_notice()
-
-
 def build_demo_fusion(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device = "cpu") -> OviFusion:
     """The tiny fusion model with deterministic weights (float32)."""
     model = init_weights_seeded(OviFusion(DEMO_CONFIG), seed)
@@ -72,15 +69,11 @@ def build_demo_fusion(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device 
 
 
 def build_demo_text_encoder(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device = "cpu"):
-    from ovi_core.text_encoder import build_demo_text_encoder as build
-
-    return build(seed).to(device)
+    return text_encoder.build_demo_text_encoder(seed).to(device)
 
 
 def build_demo_video_vae(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device = "cpu"):
-    from ovi_core.wan_vae import build_demo_video_vae as build
-
-    return build(seed, device=device)
+    return wan_vae.build_demo_video_vae(seed, device=device)
 
 
 def demo_tokenizer_model() -> bytes:
@@ -151,16 +144,9 @@ def write_demo_checkpoints(folder, layout: str = "reference", seed: int = DEMO_W
 
 def build_demo_audio_decoder(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device = "cpu"):
     """The decoders' tiny MMAudio VAE + BigVGAN (ovi_core.mmaudio_vae.build_demo_audio_decoder)."""
-    try:
-        from ovi_core.mmaudio_vae import build_demo_audio_decoder as build
-    except ImportError as exc:
-        raise OviError(f"the demo audio decoder is not available in this install ({exc}); "
-                       "ovi_core/mmaudio_vae.py must provide build_demo_audio_decoder") from None
-    return build(seed, device=device)
+    return mmaudio_vae.build_demo_audio_decoder(seed, device=device)
 
 
 def build_demo_audio_encoder(seed: int = DEMO_WEIGHTS_SEED, device: str | torch.device = "cpu"):
     """The tiny MMAudio VAE encoder that goes with the demo audio decoder (ovi_core.mmaudio_encoder)."""
-    from ovi_core.mmaudio_encoder import build_demo_audio_encoder as build
-
-    return build(seed, device=device)
+    return mmaudio_encoder.build_demo_audio_encoder(seed, device=device)

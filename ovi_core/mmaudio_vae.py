@@ -26,7 +26,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import filekinds, interrupt
-from .audio_resample import resample_audio  # noqa: F401  (re-exported: decoders and resampling in one place)
 from .bigvgan import BigVGAN, build_demo_vocoder, vocoder_from_state_dict
 from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError

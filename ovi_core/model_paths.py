@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ovi_core import filekinds
-from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, Variant, get_variant
+from ovi_core.config import FP8_FILENAME, VARIANTS, Variant, get_variant
 from ovi_core.errors import OviInputError, WrongFileError
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class OviWeightPaths:
     audio_vae: Path
     vocoder: Path | None  # None: the audio VAE file carries the vocoder (ComfyUI's single MMAudio file)
     tokenizer: Path | None = None
-    variant: str = DEFAULT_VARIANT
+    variant: Variant | None = None  # None: the fused file tells (it was named, not found by its variant's name)
 
     def with_overrides(self, **paths) -> OviWeightPaths:
         """A copy with some paths replaced (None values are ignored)."""
@@ -126,7 +126,7 @@ def check_paths(paths: OviWeightPaths) -> None:
     raise_if_missing(problems)
 
 
-def _variant_list(variant: str | None, fp8: bool) -> list[Variant]:
+def _variant_list(variant: str | Variant | None, fp8: bool) -> list[Variant]:
     if variant is not None:
         v = get_variant(variant)
         if fp8 and v.name != "720x720_5s":
@@ -135,12 +135,13 @@ def _variant_list(variant: str | None, fp8: bool) -> list[Variant]:
     return [VARIANTS["720x720_5s"]] if fp8 else list(VARIANTS.values())
 
 
-def find_in_reference_folder(root: str | os.PathLike, variant: str | None = None, fp8: bool = False,
+def find_in_reference_folder(root: str | os.PathLike, variant: str | Variant | None = None, fp8: bool = False,
                              skip: frozenset[str] = frozenset()) -> OviWeightPaths:
     """The files of a folder laid out like the reference's download (``ckpts/``: Ovi/, Wan2.2-TI2V-5B/, MMAudio/).
 
     variant None: the first fused file found in the order 720x720_5s, 960x960_5s, 960x960_10s.
-    skip: parts given elsewhere (explicit paths), not looked for; they come back as None."""
+    skip: parts given elsewhere (explicit paths), not looked for; they come back as None (a skipped fused file's
+    variant too, unless one was asked for: the file given will tell)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise MissingWeightsError(f"the weights folder {root} does not exist (expected the reference's download "
@@ -155,7 +156,7 @@ def find_in_reference_folder(root: str | os.PathLike, variant: str | None = None
     fusion_dir = root / REFERENCE_FUSION_FOLDER
     hits = [(v, fusion_dir / n) for v, n in zip(candidates, names, strict=True) if (fusion_dir / n).is_file()]
     if "fusion" in skip:
-        chosen_variant, found["fusion"] = candidates[0], None
+        chosen_variant, found["fusion"] = (None if variant is None else candidates[0]), None  # the named file tells
     elif hits:
         chosen_variant, found["fusion"] = hits[0]
         if variant is None and len(candidates) > 1:
@@ -174,7 +175,7 @@ def find_in_reference_folder(root: str | os.PathLike, variant: str | None = None
             problems.append(missing_message(part, list(file_names), folder))
         found[part] = hit
     raise_if_missing(problems)
-    return OviWeightPaths(variant=chosen_variant.name, **found)
+    return OviWeightPaths(variant=chosen_variant, **found)
 
 
 def _files_under(folder: Path, depth: int = 2):
@@ -235,7 +236,7 @@ def _carries_vocoder(path: Path | None) -> bool:
         return False
 
 
-def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | None = None, fp8: bool = False,
+def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | Variant | None = None, fp8: bool = False,
                          skip: frozenset[str] = frozenset()) -> OviWeightPaths:
     """The files in a ComfyUI ``models/`` folder (the fused model in ovi/ or diffusion_models/, the encoder in
     text_encoders/, the VAEs and vocoder in vae/ or mmaudio/). skip: as find_in_reference_folder.
@@ -252,7 +253,7 @@ def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | None = No
     candidates = _variant_list(variant, fp8)
     hits, rejected = ([], []) if "fusion" in skip else _fusion_candidates(models, candidates, fp8)
     if "fusion" in skip:
-        chosen_variant, found["fusion"] = candidates[0], None
+        chosen_variant, found["fusion"] = (None if variant is None else candidates[0]), None  # the named file tells
     elif hits:
         chosen_variant, found["fusion"] = hits[0]
         if len(hits) > 1:
@@ -279,7 +280,7 @@ def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | None = No
             problems.append(missing_message(part, list(file_names), folders))
         found[part] = hit
     raise_if_missing(problems)
-    return OviWeightPaths(variant=chosen_variant.name, **found)
+    return OviWeightPaths(variant=chosen_variant, **found)
 
 
 # ---- checking the contents -------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 
 from ovi_core import interrupt
 from ovi_core.errors import OviInputError, WrongFileError
+from ovi_core.media import audio_to_numpy, frames_to_uint8
 from ovi_core.outpaths import OutputPathError, partial_path, publish
 
 logger = logging.getLogger(__name__)
@@ -73,42 +74,6 @@ class Mp4Info:
     pix_fmt: str | None
 
 
-# ---- input normalisation ---------------------------------------------------------------------------------------
-def frames_to_uint8(frames) -> np.ndarray:
-    """[T, H, W, 3] uint8 or float in 0..1 (numpy or torch) -> contiguous uint8 numpy [T, H, W, 3]."""
-    if hasattr(frames, "detach"):  # torch tensor, without importing torch here
-        frames = frames.detach().cpu()
-        frames = frames.float().numpy() if frames.dtype.is_floating_point else frames.numpy()
-    frames = np.asarray(frames)
-    if frames.ndim == 3 and frames.shape[-1] == 3:
-        frames = frames[None]  # a single image
-    if frames.ndim != 4 or frames.shape[-1] != 3 or min(frames.shape) < 1:
-        raise OviInputError(f"frames must be [frames, height, width, 3] (RGB, channels last), got shape {list(frames.shape)}")
-    if frames.dtype == np.uint8:
-        return np.ascontiguousarray(frames)
-    if not np.issubdtype(frames.dtype, np.floating):
-        raise OviInputError(f"frames must be uint8 (0..255) or float (0..1), got {frames.dtype}")
-    if not np.isfinite(frames).all():
-        raise OviInputError("frames contain NaN or infinite values; the generation diverged")
-    return np.ascontiguousarray(np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8))
-
-
-def audio_to_numpy(audio) -> np.ndarray:
-    """[N], [C, N] or [1, C, N] float (numpy or torch) -> float32 numpy [C, N] clipped to [-1, 1]."""
-    if hasattr(audio, "detach"):
-        audio = audio.detach().cpu().float().numpy()
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 3 and audio.shape[0] == 1:
-        audio = audio[0]
-    if audio.ndim == 1:
-        audio = audio[None]
-    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
-        raise OviInputError(f"audio must be [channels (1 or 2), samples], got shape {list(audio.shape)}")
-    if not np.isfinite(audio).all():
-        raise OviInputError("audio contains NaN or infinite values; the generation diverged")
-    return np.clip(audio, -1.0, 1.0)
-
-
 def even_size(frames: np.ndarray) -> np.ndarray:
     """H.264 in yuv420p needs even width and height: odd sides get one more row/column (a copy of the edge)."""
     _, h, w, _ = frames.shape
@@ -133,18 +98,6 @@ def align_audio_to_video(audio: np.ndarray, sample_rate: int, num_frames: int, f
                        num_frames / fps, n - target, (n - target) / sample_rate)
         audio = audio[:, :target]
     return audio, AlignmentNote(n, target, max(0, target - n), max(0, n - target))
-
-
-def _resample(audio: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
-    """Band-limited resampling with FFmpeg's resampler (only used for rates AAC cannot store)."""
-    import av
-
-    layout = "mono" if audio.shape[0] == 1 else "stereo"
-    resampler = av.AudioResampler(format="fltp", layout=layout, rate=to_sr)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout=layout)
-    frame.sample_rate = from_sr
-    chunks = [f.to_ndarray() for f in resampler.resample(frame)] + [f.to_ndarray() for f in resampler.resample(None)]
-    return np.concatenate(chunks, axis=1) if chunks else np.zeros((audio.shape[0], 0), np.float32)
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
@@ -194,7 +147,12 @@ def write_mp4(
         wave = audio_to_numpy(audio)
         if sample_rate not in AAC_SAMPLE_RATES:
             logger.info("AAC cannot store %d Hz; resampling the audio to %d Hz", sample_rate, FALLBACK_SAMPLE_RATE)
-            wave, sample_rate = _resample(wave, sample_rate, FALLBACK_SAMPLE_RATE), FALLBACK_SAMPLE_RATE
+            import torch  # only here: the rest of this module works on numpy without torch
+
+            from ovi_core.audio_resample import resample_audio
+
+            wave = resample_audio(torch.from_numpy(wave), sample_rate, FALLBACK_SAMPLE_RATE).numpy()
+            sample_rate = FALLBACK_SAMPLE_RATE
         wave, note = align_audio_to_video(wave, sample_rate, num_frames, float(rate))
 
     tmp = partial_path(path)

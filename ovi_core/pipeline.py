@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ovi_core.config import Variant, get_variant
 from ovi_core.errors import OviError, OviInputError, OviInterrupted
+from ovi_core.media import clip_to_images, first_frame
 from ovi_core.sampler import (
     DEFAULT_AUDIO_NEGATIVE_PROMPT,
     DEFAULT_VIDEO_NEGATIVE_PROMPT,
@@ -52,8 +52,6 @@ from ovi_core.sampler import (
 )
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 # ---- requests, progress, results -------------------------------------------------------------------------------
@@ -75,7 +73,10 @@ ProgressCallback = Callable[[Progress], None]
 class GenerationRequest:
     """One clip to generate. settings None = the pipeline's defaults; height/width None = the variant's area.
 
-    image: a file path, a PIL image, or an array/tensor [H, W, 3] / [1, H, W, 3] (uint8 or float 0..1)."""
+    image: the first frame (image-to-video): a file path, a PIL image, or an array/tensor [H, W, C] / [1, H, W, C]
+    (uint8, uint16 or float 0..1). Without height/width the clip takes the image's aspect ratio at the model's area
+    (the original's size); with them it is that clip, the image centre-cropped to its aspect ratio when it differs
+    (ovi_core.media.first_frame)."""
 
     prompt: str
     image: Any = None
@@ -164,64 +165,8 @@ class _Part:
         logger.debug("freed the %s", self.label)
 
 
-def _audio_api(name: str):
-    """load_audio_decoder / build_demo_audio_decoder from the audio decoder modules."""
-    import importlib
-
-    for module in ("ovi_core.mmaudio_vae", "ovi_core.bigvgan"):
-        try:
-            fn = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if fn is not None:
-            return fn
-    raise OviError(f"this install has no audio decoder ({name} not found in ovi_core.mmaudio_vae)")
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ---- image-to-video input --------------------------------------------------------------------------------------
-def load_image(image) -> torch.Tensor:
-    """A path, PIL image or array/tensor [H, W, 3|4] / [1, H, W, 3] -> float32 [3, H, W] in 0..1 (RGB).
-
-    Files and PIL images in any pixel format (16-bit, float, palette, grey, alpha) are read by ovi_core.images;
-    arrays are uint8 (0..255), uint16 (0..65535) or float (0..1)."""
-    import numpy as np
-
-    from ovi_core.images import pil_to_rgb, read_image
-
-    if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
-    elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        image = pil_to_rgb(image)
-    if isinstance(image, np.ndarray) and image.dtype == np.uint16:
-        image = image.astype(np.float32) / 65535.0
-    x = image.detach().cpu() if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
-    if x.dim() == 4 and x.shape[0] == 1:
-        x = x[0]
-    if x.dim() != 3 or x.shape[-1] not in (3, 4) or min(x.shape[:2]) < 1:
-        raise OviInputError(f"an image must be [height, width, 3] (RGB), got shape {list(x.shape)}")
-    x = x[..., :3]
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    if not torch.isfinite(x).all():
-        raise OviInputError("the image holds NaN or infinite values")
-    return x.permute(2, 0, 1).contiguous()
-
-
-def preprocess_first_frame(image, target_area: int) -> torch.Tensor:
-    """The reference's image-to-video preprocessing: RGB scaled to [-1, 1], bicubic resize to the multiple-of-32
-    size closest to the target area and the image's aspect ratio -> [1, 3, 1, H, W]."""
-    from ovi_core.sizes import image_size_for_area
-
-    x = load_image(image) * 2.0 - 1.0  # [3, h, w]
-    h, w = x.shape[1:]
-    th, tw = image_size_for_area(h, w, target_area)
-    if (th, tw) != (h, w):
-        x = F.interpolate(x[None], size=(th, tw), mode="bicubic", align_corners=False)[0]
-    logger.info("first frame: %dx%d image resized to %dx%d", w, h, tw, th)
-    return x[None, :, None]
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------------
@@ -238,6 +183,38 @@ class _Row:
     first_frame: torch.Tensor | None = None
     latents: tuple | None = None
     error: BaseException | None = None
+
+
+class _Batch:
+    """The requests of one run on their way through the stages: which are still alive, progress reports, and
+    ``attempt`` — one request's step, whose error (in a batch) is recorded while the others go on."""
+
+    def __init__(self, rows: list[_Row], progress: ProgressCallback | None, should_interrupt, stop_on_error: bool):
+        self.rows, self.progress, self.should_interrupt, self.stop_on_error = rows, progress, should_interrupt, stop_on_error
+
+    def attempt(self, row: _Row, what: str, fn: Callable, *args):
+        """fn(*args) for one request; in a batch its error is recorded and the batch goes on."""
+        if self.should_interrupt is not None and self.should_interrupt():
+            raise OviInterrupted(f"stopped on request before {what} of request {row.index + 1}")
+        try:
+            return fn(*args)
+        except (KeyboardInterrupt, OviInterrupted):
+            raise
+        except Exception as exc:
+            if self.stop_on_error:
+                raise
+            row.error = exc
+            logger.error("request %d of %d failed during %s: %s", row.index + 1, len(self.rows), what, exc)
+
+    def live(self, need_image: bool = False) -> list[_Row]:
+        return [r for r in self.rows if r.error is None and (r.image is not None or not need_image)]
+
+    def report(self, stage: str, done: int, total: int, row: _Row) -> None:
+        if self.progress is not None:
+            self.progress(Progress(stage, done, total, row.index, len(self.rows)))
+
+    def errors(self) -> dict[int, BaseException]:
+        return {r.index: r.error for r in self.rows if r.error is not None}
 
 
 @dataclass
@@ -290,7 +267,7 @@ class OviPipeline:
         vocoder: str | os.PathLike | None,
         tokenizer: str | os.PathLike | None = None,
         *,
-        variant: str | None = None,
+        variant: str | Variant | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.bfloat16,
         vae_dtype: torch.dtype = torch.float32,
@@ -302,7 +279,8 @@ class OviPipeline:
         process_group=None,
     ) -> OviPipeline:
         """From explicit files (vocoder None: the audio VAE file carries it, as ComfyUI's single MMAudio file).
-        Nothing is loaded yet; missing files and a wrong fused file fail here, the decoders at the first generate."""
+        Nothing is loaded yet; missing files and a wrong fused file fail here, the decoders at the first generate.
+        variant: a Variant (or its name); None: the fused file tells (its metadata or name)."""
         from ovi_core.model_paths import OviWeightPaths, check_paths
         from ovi_core.weights import (
             check_is_fusion_checkpoint,
@@ -331,7 +309,7 @@ class OviPipeline:
             from ovi_core.weights import load_fusion_model
 
             model, _ = load_fusion_model(paths.fusion, device=device, dtype=dtype, weight_dtype=weight_dtype,
-                                         config=cfg, variant=v.name, attention=attention, info=info)
+                                         config=cfg, variant=v, attention=attention, info=info)
             return model
 
         def load_video_vae():
@@ -340,7 +318,9 @@ class OviPipeline:
             return load(paths.video_vae, device=device, dtype=vae_dtype)
 
         def load_audio():
-            return _audio_api("load_audio_decoder")(paths.audio_vae, paths.vocoder, device=device, dtype=vae_dtype)
+            from ovi_core.mmaudio_vae import load_audio_decoder
+
+            return load_audio_decoder(paths.audio_vae, paths.vocoder, device=device, dtype=vae_dtype)
 
         loaders = {"text_encoder": load_text, "fusion": load_fusion, "video_vae": load_video_vae,
                    "audio_decoder": load_audio}
@@ -451,95 +431,86 @@ class OviPipeline:
                 part.release()
 
     def _stages(self, requests, on_result, progress, step_callback, should_interrupt, stop_on_error) -> BatchReport:
-        rows = [_Row(i, r) for i, r in enumerate(requests)]
-        n = len(rows)
-
-        def attempt(row: _Row, what: str, fn: Callable, *args):
-            """fn(*args) for one request; in a batch its error is recorded and the batch goes on."""
-            if should_interrupt is not None and should_interrupt():
-                raise OviInterrupted(f"stopped on request before {what} of request {row.index + 1}")
-            try:
-                return fn(*args)
-            except (KeyboardInterrupt, OviInterrupted):
-                raise
-            except Exception as exc:
-                if stop_on_error:
-                    raise
-                row.error = exc
-                logger.error("request %d of %d failed during %s: %s", row.index + 1, n, what, exc)
-
-        def live(need_image: bool = False) -> list[_Row]:
-            return [r for r in rows if r.error is None and (r.image is not None or not need_image)]
-
-        def report(stage: str, done: int, total: int, row: _Row) -> None:
-            if progress is not None:
-                progress(Progress(stage, done, total, row.index, n))
-
+        batch = _Batch([_Row(i, r) for i, r in enumerate(requests)], progress, should_interrupt, stop_on_error)
         with torch.inference_mode():
-            # 0. check and prepare every request before any model is loaded
-            for row in rows:
-                attempt(row, "preparation", self._prepare, row)
-
-            # the decoders are small: load them once up front so a wrong file fails now, not after sampling
-            if live() and not self._decoders_checked and self.is_main:
-                for key in ("video_vae", "audio_decoder"):
-                    self.parts[key].get()
-                    self.parts[key].release()
-                self._decoders_checked = True
+            # 0. check and prepare every request before any model is loaded; test-load the (small) decoders
+            for row in batch.rows:
+                batch.attempt(row, "preparation", self._prepare, row)
+            self._check_decoders_once(batch)
 
             # 1. text encoder, then freed (sequence parallel: on rank 0, the embeddings sent to the other ranks)
-            if live():
-                if self.is_main:
-                    encoder = self.parts["text_encoder"].get()
-                    for row in live():
-                        report("text", 0, 1, row)
-                        attempt(row, "text encoding", self._encode_text, encoder, row)
-                        report("text", 1, 1, row)
-                    del encoder
-                    self.parts["text_encoder"].release()
-                self._share_from_main(rows, "text")
+            #    row.text: prompt, video negative, audio negative, each [tokens, 4096]
+            if batch.live():
+                self._encode_on_main(batch, "text_encoder", "text", "text encoding", self._encode_text)
+                self._share_from_main(batch.rows, "text")
 
             # 2. first frames (image-to-video) through the VAE encoder (sequence parallel: the same, rank 0)
-            if live(need_image=True):
-                if self.is_main:
-                    vae = self.parts["video_vae"].get()
-                    for row in live(need_image=True):
-                        report("image", 0, 1, row)
-                        attempt(row, "image encoding", self._encode_image, vae, row)
-                        report("image", 1, 1, row)
-                    del vae
-                    self.parts["video_vae"].release()
-                self._share_from_main(rows, "first_frame")
-                for row in rows:
+            #    row.image [1, 3, 1, H, W] -> row.first_frame [1, 48, 1, h, w]
+            if batch.live(need_image=True):
+                self._encode_on_main(batch, "video_vae", "image", "image encoding", self._encode_image, need_image=True)
+                self._share_from_main(batch.rows, "first_frame")
+                for row in batch.rows:
                     row.image = None
 
-            # 3. joint sampling
-            if live():
-                model = self.parts["fusion"].get()
-                if self.process_group is not None and model.sequence_parallel is None:
-                    model.set_sequence_parallel(self.process_group)
-                for row in live():
-                    attempt(row, "sampling", self._sample, model, row, report, step_callback, should_interrupt)
-                del model
-                self.parts["fusion"].release()
+            # 3. joint sampling: row.latents = video [1, 48, F, h, w], audio [1, L, 20]
+            if batch.live():
+                self._sample_all(batch, step_callback)
 
-            # 4. decoding; results are handed out one by one
-            results: list[OviResult | None] = [None] * n
-            if live() and self.is_main:
-                vae, audio_decoder = self.parts["video_vae"].get(), self.parts["audio_decoder"].get()
-                for row in live():
-                    result = attempt(row, "decoding", self._decode, vae, audio_decoder, row, report)
-                    row.latents = None
-                    if result is None:
-                        continue
-                    if on_result is not None:
-                        attempt(row, "saving", on_result, row.index, result)
-                    else:
-                        results[row.index] = result
-                del vae, audio_decoder
-                self.parts["video_vae"].release()
-                self.parts["audio_decoder"].release()
-        return BatchReport(results, {r.index: r.error for r in rows if r.error is not None})
+            # 4. decoding; results (frames [T, H, W, 3], audio [1, N]) are handed out one by one
+            results = self._decode_all(batch, on_result)
+        return BatchReport(results, batch.errors())
+
+    def _check_decoders_once(self, batch: _Batch) -> None:
+        """The decoders are small: load them once up front so a wrong file fails now, not after sampling."""
+        if batch.live() and not self._decoders_checked and self.is_main:
+            for key in ("video_vae", "audio_decoder"):
+                self.parts[key].get()
+                self.parts[key].release()
+            self._decoders_checked = True
+
+    def _encode_on_main(self, batch: _Batch, key: str, stage: str, what: str, encode: Callable,
+                        need_image: bool = False) -> None:
+        """Stages 1 and 2 on rank 0: ``encode(model, row)`` for every live request with the ``key`` model, then freed."""
+        if not self.is_main:
+            return
+        model = self.parts[key].get()
+        for row in batch.live(need_image):
+            batch.report(stage, 0, 1, row)
+            batch.attempt(row, what, encode, model, row)
+            batch.report(stage, 1, 1, row)
+        del model
+        self.parts[key].release()
+
+    def _sample_all(self, batch: _Batch, step_callback) -> None:
+        """Stage 3 on every rank: the fusion model samples every live request (split over the group if parallel)."""
+        model = self.parts["fusion"].get()
+        if self.process_group is not None and model.sequence_parallel is None:
+            model.set_sequence_parallel(self.process_group)
+        for row in batch.live():
+            batch.attempt(row, "sampling", self._sample, model, row, batch.report, step_callback,
+                          batch.should_interrupt)
+        del model
+        self.parts["fusion"].release()
+
+    def _decode_all(self, batch: _Batch, on_result) -> list[OviResult | None]:
+        """Stage 4 on rank 0: each clip decoded and handed to ``on_result`` (or kept in the returned list)."""
+        results: list[OviResult | None] = [None] * len(batch.rows)
+        if not (batch.live() and self.is_main):
+            return results
+        vae, audio_decoder = self.parts["video_vae"].get(), self.parts["audio_decoder"].get()
+        for row in batch.live():
+            result = batch.attempt(row, "decoding", self._decode, vae, audio_decoder, row, batch.report)
+            row.latents = None
+            if result is None:
+                continue
+            if on_result is not None:
+                batch.attempt(row, "saving", on_result, row.index, result)
+            else:
+                results[row.index] = result
+        del vae, audio_decoder
+        self.parts["video_vae"].release()
+        self.parts["audio_decoder"].release()
+        return results
 
     def _share_from_main(self, rows: list[_Row], attr: str) -> None:
         """Sequence parallel: every rank gets rank 0's ``row.<attr>`` (CPU tensors, broadcast as one object); a
@@ -570,15 +541,15 @@ class OviPipeline:
         check_negative_prompt(req.video_negative_prompt, "video")
         check_negative_prompt(req.audio_negative_prompt, "audio")
         row.prompt = format_prompt_for_variant(req.prompt, self.variant)
-        if req.image is not None:
-            if req.height is not None or req.width is not None:
-                logger.info("image-to-video: the size comes from the image; height/width are ignored")
-            row.image = preprocess_first_frame(req.image, self.variant.target_area)
-            shapes = latent_shapes(self.variant, row.image.shape[3], row.image.shape[4], snap=False)
-        else:
-            side = math.isqrt(self.variant.target_area)
+        side = math.isqrt(self.variant.target_area)
+        width = height = None  # image-to-video without a size: the image's (the original's rule, in first_frame)
+        if req.image is None or req.height is not None or req.width is not None:  # the request's, at the model's area
             shapes = latent_shapes(self.variant, side if req.height is None else req.height,
                                    side if req.width is None else req.width)
+            width, height = shapes.width, shapes.height
+        if req.image is not None:  # the first frame: ovi_core.media's rule, the nodes' too
+            row.image = first_frame(req.image, width, height, self.variant.target_area)
+            shapes = latent_shapes(self.variant, row.image.shape[3], row.image.shape[4], snap=False)
         row.video_shape, row.audio_shape = shapes.video, shapes.audio
 
     def _encode_text(self, encoder, row: _Row) -> None:
@@ -610,7 +581,7 @@ class OviPipeline:
         report("decode", 0, parts, row)
         pixels = vae.decode(video_latent.to(vae.device), tile=self.vae_tile, output_device="cpu",
                             progress=lambda done, total: report("decode", done * latent_frames // total, parts, row))
-        frames = ((pixels[0].float() + 1.0) / 2.0).clamp_(0.0, 1.0).permute(1, 2, 3, 0).contiguous()
+        frames = clip_to_images(pixels[:1])  # [T, H, W, 3] in 0..1
         del pixels
         wave = audio_decoder.decode(audio_latent.transpose(1, 2).to(self.device))  # [1, 1, N] at 16 kHz
         audio = wave[0].float().cpu()
@@ -623,5 +594,4 @@ class OviPipeline:
                          is_demo=self.is_demo, image_to_video=row.request.image is not None)
 
 
-__all__ = ["BatchReport", "GenerationRequest", "OviPipeline", "OviResult", "Progress", "load_image",
-           "preprocess_first_frame"]
+__all__ = ["BatchReport", "GenerationRequest", "OviPipeline", "OviResult", "Progress"]

@@ -30,12 +30,6 @@ def _inv_freq(n: int, theta: float = 10000.0) -> torch.Tensor:
     return 1.0 / torch.pow(theta, torch.arange(0, n, 2, dtype=torch.float64) / n)
 
 
-def split_dims(head_dim: int) -> tuple[int, int, int]:
-    """Complex pairs given to (frame, row, column): e.g. 128 -> (22, 21, 21), 32 -> (6, 5, 5)."""
-    c = head_dim // 2
-    return c - 2 * (c // 3), c // 3, c // 3
-
-
 def video_rope(frames: int, rows: int, cols: int, head_dim: int, device=None) -> RopeTable:
     """cos, sin tables [frames*rows*cols, head_dim/2] (token order frame, row, col)."""
     d_t = head_dim - 4 * (head_dim // 6)

@@ -366,28 +366,12 @@ def sample_joint(
         )
     device = _model_device(model)
 
-    # 1. initial noise (float32, batch 1, on the model's device); a copy, the caller's tensors are left alone
-    if video_noise is None or audio_noise is None:
-        if video_noise is not None or audio_noise is not None:
-            raise OviInputError(
-                "pass both video_noise and audio_noise, or neither (then video_shape, audio_shape and seed)"
-            )
-        if video_shape is None or audio_shape is None or seed is None:
-            raise OviInputError("without noise tensors, video_shape, audio_shape and seed are all needed")
-        video_noise, audio_noise = make_noise(video_shape, audio_shape, seed)
-    video = _check_video_latent("video_noise", video_noise).to(device, copy=True)
-    audio = _check_audio_latent("audio_noise", audio_noise).to(device, copy=True)
+    # 1. the starting latents, float32 batch 1 on the model's device: noise [1, 48, F, h, w] and [1, L, 20], and for
+    #    image-to-video the clean first frame [1, 48, 1, h, w] (else None)
+    video, audio = _initial_noise(video_noise, audio_noise, video_shape, audio_shape, seed, device)
+    first = _first_frame(first_frame_latent, video, device)
 
-    first = None
-    if first_frame_latent is not None:
-        first = _check_video_latent("first_frame_latent", first_frame_latent, frames=1).to(device)
-        if first.shape[3:] != video.shape[3:]:
-            raise OviInputError(
-                f"first_frame_latent is {first.shape[3]}x{first.shape[4]} latent cells but the video latent is "
-                f"{video.shape[3]}x{video.shape[4]}; encode the image at the generation size"
-            )
-
-    # 2. one scheduler per modality, identical schedules
+    # 2. one scheduler per modality, identical schedules; the guidance passes (text prepared once)
     sched_v, sched_a = make_scheduler(solver, steps, shift), make_scheduler(solver, steps, shift)
     passes = _GuidancePasses(model, text, slg_layer, first is not None, batched_cfg, cache_text)
     logger.info("Ovi sampling: %s, %d steps, shift %g, guidance video %g / audio %g, SLG layer %d, %s, "
@@ -398,27 +382,24 @@ def sample_joint(
 
     # 3. the loop
     for i in range(steps):
+        # 3a. stop here if asked (the caller's check, then the process-wide checkers; also checked per block)
         if should_interrupt is not None and should_interrupt():
             raise OviInterrupted(f"sampling stopped on request before step {i + 1} of {steps}")
-        interrupt.check("sampling")  # the process-wide checkers (also checked inside every forward, per block)
+        interrupt.check("sampling")
+        # 3b. image-to-video: latent frame 0 is the clean image latent (its tokens get t = 0)
         if first is not None:
             video = _with_first_frame(video, first)
-        t = torch.full((1,), sched_v.timesteps[i].item(), dtype=sched_v.timesteps.dtype, device=device)
+        t = torch.full((1,), sched_v.timesteps[i].item(), dtype=sched_v.timesteps.dtype, device=device)  # [1]
 
-        reused = cache.reuse(i)
-        if reused is not None:
-            guided_v, guided_a = reused
-        else:
-            pos_v, neg_v, pos_a, neg_a = passes(video, audio, t)
-            guided_v = neg_v + video_guidance * (pos_v - neg_v)
-            guided_a = neg_a + audio_guidance * (pos_a - neg_a)
-            if sync_guidance > 0:  # v += s·(v_pos − v_cut) on the modalities whose input the cut pass removed
-                cut_v, cut_a = passes.cut(video, audio, t, sync_cut)
-                push_v, push_a = sync_targets(sync_cut)
-                guided_v = guided_v + sync_guidance * (pos_v - cut_v) if push_v else guided_v
-                guided_a = guided_a + sync_guidance * (pos_a - cut_a) if push_a else guided_a
-            cache.computed(i, guided_v, guided_a)
+        # 3c. the guided velocities, [1, 48, F, h, w] and [1, L, 20]: the step cache's, or the model's passes
+        velocities = cache.reuse(i)
+        if velocities is None:
+            velocities = _guided_velocities(passes, video, audio, t, video_guidance, audio_guidance, sync_guidance,
+                                            sync_cut)
+            cache.computed(i, *velocities)
+        guided_v, guided_a = velocities
 
+        # 3d. each modality stepped by its own scheduler; the callback sees the latents and the denoised estimates
         if callback is not None:
             denoised = sched_v.denoised(guided_v, video), sched_a.denoised(guided_a, audio)
         video = sched_v.step(guided_v, video)
@@ -426,12 +407,58 @@ def sample_joint(
         if callback is not None:
             callback(i + 1, steps, StepLatents(video, audio, *denoised))
 
+    # 4. image-to-video: the clean first frame once more
     if first is not None:
         video = _with_first_frame(video, first)
     if cache.skipped:
         logger.info("Ovi step cache (threshold %g): %d of %d steps reused the previous velocities (%.2fx fewer "
                     "forwards)", cache.threshold, cache.skipped, steps, steps / (steps - cache.skipped))
     return video, audio
+
+
+def _initial_noise(video_noise, audio_noise, video_shape, audio_shape, seed, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The given noises, or make_noise(video_shape, audio_shape, seed) -> float32 [1, 48, F, h, w], [1, L, 20] on
+    ``device``; copies, the caller's tensors are left alone."""
+    if video_noise is None or audio_noise is None:
+        if video_noise is not None or audio_noise is not None:
+            raise OviInputError(
+                "pass both video_noise and audio_noise, or neither (then video_shape, audio_shape and seed)"
+            )
+        if video_shape is None or audio_shape is None or seed is None:
+            raise OviInputError("without noise tensors, video_shape, audio_shape and seed are all needed")
+        video_noise, audio_noise = make_noise(video_shape, audio_shape, seed)
+    video = _check_video_latent("video_noise", video_noise).to(device, copy=True)
+    audio = _check_audio_latent("audio_noise", audio_noise).to(device, copy=True)
+    return video, audio
+
+
+def _first_frame(first_frame_latent, video: torch.Tensor, device) -> torch.Tensor | None:
+    """Image-to-video: the encoded first frame as float32 [1, 48, 1, h, w] on ``device``, checked against the video
+    latent's size; None for text-to-video."""
+    if first_frame_latent is None:
+        return None
+    first = _check_video_latent("first_frame_latent", first_frame_latent, frames=1).to(device)
+    if first.shape[3:] != video.shape[3:]:
+        raise OviInputError(
+            f"first_frame_latent is {first.shape[3]}x{first.shape[4]} latent cells but the video latent is "
+            f"{video.shape[3]}x{video.shape[4]}; encode the image at the generation size"
+        )
+    return first
+
+
+def _guided_velocities(passes: _GuidancePasses, video, audio, t, video_guidance: float, audio_guidance: float,
+                       sync_guidance: float, sync_cut: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's model work: positive and negative passes, v = neg + g·(pos − neg) per modality, and with sync
+    guidance one more pass with the fusion cut, v += s·(v_pos − v_cut) on the modalities whose input it removed."""
+    pos_v, neg_v, pos_a, neg_a = passes(video, audio, t)
+    guided_v = neg_v + video_guidance * (pos_v - neg_v)
+    guided_a = neg_a + audio_guidance * (pos_a - neg_a)
+    if sync_guidance > 0:
+        cut_v, cut_a = passes.cut(video, audio, t, sync_cut)
+        push_v, push_a = sync_targets(sync_cut)
+        guided_v = guided_v + sync_guidance * (pos_v - cut_v) if push_v else guided_v
+        guided_a = guided_a + sync_guidance * (pos_a - cut_a) if push_a else guided_a
+    return guided_v, guided_a
 
 
 def _with_first_frame(video: torch.Tensor, first: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,6 @@ class EncoderFileInfo:
     weight_dtypes: dict[str, int] = field(default_factory=dict)  # dtype name -> number of tensors
     fp8_layers: int = 0
     fp8_kept: bool = False
-    embedded_tokenizer: bytes | None = None  # ComfyUI's spiece_model
     config: dict = field(default_factory=dict)
 
 
@@ -153,8 +152,6 @@ def load_umt5_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype 
                 t = t.float() * f.get(scale_key).float()
             _set_tensor(model, name, t.to(device=device, dtype=dtype))
         info.fp8_kept = keep_fp8 and info.fp8_layers > 0
-        info.embedded_tokenizer = next((f.get(k).numpy().tobytes() for k in f.keys if k.endswith("spiece_model")),
-                                       None)
 
     # 3. checks
     model.encoder.embed_tokens = model.shared  # the tie made on the meta device points at the old tensor
@@ -226,19 +223,10 @@ class OviTextEncoder:
     def dtype(self) -> torch.dtype:
         return self.model.shared.weight.dtype
 
-    @property
-    def output_dim(self) -> int:
-        return self.model.config.d_model
-
     def to(self, device=None, dtype: torch.dtype | None = None) -> OviTextEncoder:
         """Move (e.g. to "cpu" after encoding to free the GPU); fp8 weights stay fp8."""
         self.model.to(device=device, dtype=dtype)
         return self
-
-    def memory_bytes(self) -> int:
-        """Bytes held by the encoder's weights (fp8 layers count 1 byte per weight)."""
-        tensors = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
-        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def tokenize(self, prompts: list[str]) -> TokenizedPrompts:
         """Clean, tokenize, cut to text_len - 1 text tokens (with a warning) and append EOS."""

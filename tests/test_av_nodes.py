@@ -15,10 +15,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ovi_core.audio_input import prepare_audio
 from ovi_core.demo import build_demo_audio_encoder
 from ovi_core.errors import OviInputError
+from ovi_core.media import is_original_size
 from tests import comfy_inproc  # skips this module where ComfyUI is not importable
 
 _load_nodes_module, _one, _out = comfy_inproc.load_nodes_module, comfy_inproc.one, comfy_inproc.out
@@ -116,9 +118,12 @@ def test_video_to_audio_fits_frames_and_logs(video_vae, caplog):
     vm, am = latent["noise_mask"].unbind()
     assert video.shape == (1, 48, 31, 4, 4) and audio.shape == (1, 20, 157)
     assert not vm.any() and bool((am == 1).all())
-    # the grid frames are the source frames (centre-cropped 50x70 -> 50x50, resized)
-    ref = av.resize_frames(frames[[0, 1, 1, 2]], SIDE, SIDE)
-    assert torch.allclose(((ref[0].movedim(0, -1) + 1) * 0.5).clamp(0, 1), shown[:4], atol=1e-6)
+    # the grid frames are the source frames, each sized as a start image (ovi_core.media): 64x64 is the size
+    # Ovi's own rule gives a 50x70 picture at 64x64's area, so the frames are resized whole (bicubic, no antialias)
+    assert is_original_size(50, 70, SIDE, SIDE)
+    grid = frames[[0, 1, 1, 2]].permute(0, 3, 1, 2) * 2 - 1
+    ref = F.interpolate(grid, size=(SIDE, SIDE), mode="bicubic", align_corners=False)
+    assert torch.equal(((ref + 1) * 0.5).clamp(0, 1).permute(0, 2, 3, 1), shown[:4])
     assert torch.equal(shown[-1], shown[60])  # repeated last frame
 
 

@@ -289,18 +289,24 @@ def test_progress_ticks_once_per_step_and_interrupt_stops_between_steps(demo, mo
 
 # ---- image to video ------------------------------------------------------------------------------------------------
 def test_start_image_of_any_size_with_alpha_becomes_the_first_latent_frame(demo):
-    from nodes.convert import start_image_to_frames
+    """The sampler encodes ovi_core.media.first_frame's frame (the CLI's; tests/test_media.py checks the rule).
+    Before issue 14 the node had its own rule (antialiased resize, clamped to 0..1); the frame is now the original's
+    bicubic without antialias, not clamped, so a random picture upscaled may overshoot [-1, 1] a little."""
+    from ovi_core.media import first_frame
 
     image = torch.rand(1, 47, 93, 4, generator=torch.Generator().manual_seed(0))  # odd size, RGBA, 2:1
     video_latent, _ = sample(demo["model"], demo["text"], steps=2, start_image=image, video_vae=demo["vae"])
-    first = demo["vae"].vae.encode(start_image_to_frames(image, SIDE, SIDE))
+    frames = first_frame(image, SIDE, SIDE, demo["model"].model.ovi_variant.target_area)
+    first = demo["vae"].vae.encode(frames)
     torch.testing.assert_close(video_latent_from_comfy(video_latent)[:, :, :1], first, atol=1e-5, rtol=0)
-    frames = start_image_to_frames(image, SIDE, SIDE)
-    assert list(frames.shape) == [1, 3, 1, SIDE, SIDE] and -1 <= frames.min() and frames.max() <= 1
+    # the centre 47x47 (columns 23..69) of the RGB, scaled to [-1, 1], bicubic without antialias, not clamped
+    centre = image[0, :, 23:70, :3].permute(2, 0, 1)[None] * 2 - 1
+    expected = torch.nn.functional.interpolate(centre, size=(SIDE, SIDE), mode="bicubic", align_corners=False)
+    assert list(frames.shape) == [1, 3, 1, SIDE, SIDE] and torch.equal(frames[:, :, 0], expected)
     # centre crop: a 2:1 picture whose left and right quarters are black keeps only its bright centre
     wide = torch.zeros(1, 40, 80, 3)
     wide[:, :, 20:60] = 1.0
-    assert start_image_to_frames(wide, 32, 32).min() > 0.9
+    assert first_frame(wide, SIDE, SIDE).min() > 0.9
 
 
 def test_start_image_problems_are_clear(demo):

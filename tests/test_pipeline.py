@@ -130,7 +130,7 @@ def test_weights_in_the_real_layouts_load_and_generate(tmp_path, layout):
     demo.write_demo_checkpoints(tmp_path, layout)
     find = find_in_reference_folder if layout == "reference" else find_in_comfy_models
     paths = find(tmp_path)
-    assert paths.variant == "720x720_5s" and paths.fusion.name == "model.safetensors"
+    assert paths.variant.name == "720x720_5s" and paths.fusion.name == "model.safetensors"
     assert (paths.vocoder is None) == (layout == "comfy")  # ComfyUI's MMAudio file carries the vocoder
     build = OviPipeline.from_folder if layout == "reference" else OviPipeline.from_comfy_models
     pipe = build(tmp_path, dtype=torch.float32, num_threads=1)
@@ -243,33 +243,33 @@ IMAGE_KINDS = {"rgb8": "png", "rgba8": "png", "grey8": "png", "grey_alpha": "png
 @pytest.mark.parametrize("kind", IMAGE_KINDS)
 def test_every_pixel_format_reads_as_rgb_in_0_to_1(tmp_path, kind):
     from ovi_core.images import read_image
-    from ovi_core.pipeline import load_image
+    from ovi_core.media import image_to_rgb
 
     path = tmp_path / f"{kind}.{IMAGE_KINDS[kind]}"
     expected, tol = _write(kind, path)
     rgb = read_image(path)
     assert rgb.shape == (24, 32, 3) and rgb.dtype == np.float32
     assert np.abs(rgb - expected).max() <= tol + 1e-6
-    x = load_image(path)  # what the pipeline uses: [3, H, W]
-    assert x.shape == (3, 24, 32) and torch.allclose(x, torch.from_numpy(rgb).permute(2, 0, 1))
+    x = image_to_rgb(path)  # what the pipeline uses (through media.first_frame): [H, W, 3]
+    assert x.shape == (24, 32, 3) and torch.allclose(x, torch.from_numpy(rgb))
 
 
 def test_a_16_bit_png_is_not_a_white_frame(tmp_path):
     """The bug this guards against: Pillow's convert('RGB') clips 16-bit grey to 255."""
     from PIL import Image
 
-    from ovi_core.pipeline import preprocess_first_frame
+    from ovi_core.media import first_frame
 
     Image.fromarray(np.full((64, 64), 1000, np.uint16)).save(tmp_path / "dark16.png")  # 1000/65535: nearly black
-    frame = preprocess_first_frame(tmp_path / "dark16.png", 64 * 64)  # in -1..1
+    frame = first_frame(tmp_path / "dark16.png", target_area=64 * 64)  # in -1..1
     assert frame.shape == (1, 3, 1, 64, 64)
     assert torch.allclose(frame, torch.full_like(frame, 1000 / 65535 * 2 - 1), atol=1e-5)
 
 
 def test_arrays_of_16_bit_samples_are_scaled():
-    from ovi_core.pipeline import load_image
+    from ovi_core.media import image_to_rgb
 
-    x = load_image(np.full((4, 4, 3), 65535, np.uint16))
-    assert torch.allclose(x, torch.ones(3, 4, 4))
+    x = image_to_rgb(np.full((4, 4, 3), 65535, np.uint16))
+    assert torch.allclose(x, torch.ones(4, 4, 3))
     with pytest.raises(OviInputError, match="NaN"):
-        load_image(np.full((4, 4, 3), np.nan, np.float32))
+        image_to_rgb(np.full((4, 4, 3), np.nan, np.float32))
