@@ -386,8 +386,9 @@ def _check_audio_vae(path: Path, full: bool = True) -> str:
 
     sd = read_checkpoint(path, "MMAudio audio VAE") if full else _meta_state_dict(path)
     dtypes = _check_dtypes(path, sd)
-    _expect_kind("audio_vae", path)  # without `full`, the key signature is the check (the pipeline loads the small
-    comfy = filekinds.identify(path).kind.name == "mmaudio_vae_vocoder"  # decoders before sampling anyway)
+    # without `full` the kind (its key signature) is the check: the pipeline loads the small decoders before sampling
+    _expect_kind("audio_vae", path)
+    comfy = filekinds.identify(path).kind.name == "mmaudio_vae_vocoder"
     if full and comfy:
         load_audio_decoder(path, None, device="cpu")  # small: read in full, every key and shape checked
     elif full:

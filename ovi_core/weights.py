@@ -2,7 +2,9 @@
 
 The released files (chetwinlow1/Ovi model.safetensors, model_960x960.safetensors,
 model_960x960_10s.safetensors; rkfg/Ovi-fp8_quantized model_fp8_e4m3fn.safetensors) use the module names of
-ovi_core.fusion.OviFusion directly. Loading builds the model on the meta device and assigns the file's tensors to
+ovi_core.fusion.OviFusion directly. Which layout a file has (also kijai's ComfyUI-WanVideoWrapper files: one file, or
+the video and audio towers in two files that are joined here) is decided by the file-kind table, ovi_core.filekinds.
+Loading builds the model on the meta device and assigns the file's tensors to
 it one by one. A safetensors file is memory-mapped: a tensor already in the wanted dtype on the CPU is used where
 it lies in the map, without a copy, and is read from disk when the first forward touches it; so loading costs
 about one read of the file and peak memory is about one model (file-backed pages the system can drop), not two.
