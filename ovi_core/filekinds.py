@@ -166,7 +166,9 @@ KINDS: tuple[FileKind, ...] = (
     FileKind("diffusers_transformer", "diffusers-format video transformer", None,
              Signature((r"(transformer_blocks\.|condition_embedder\.|blocks\.\d+\.attn1\.)",)),
              advice="Ovi needs its own fused file"),
-    FileKind("sd_unet", "Stable Diffusion / Flux-style diffusion-model checkpoint", None,
+    FileKind("flux_dit", "Flux-style image diffusion model (double_blocks / single_blocks)", None,
+             Signature((r"(double_blocks|single_blocks)\.0\.",)), OVI_PREFIXES, advice="Ovi needs its own fused file"),
+    FileKind("sd_unet", "Stable Diffusion-style diffusion-model checkpoint", None,
              Signature((r"model\.diffusion_model\.",)), advice="Ovi needs its own fused file"),
     # -- umT5-XXL, Ovi's text encoder (the loader renames Wan's names; its table is in the text encoder's module)
     FileKind("t5_original", "original (non-gated) T5 encoder", None,
@@ -187,6 +189,9 @@ KINDS: tuple[FileKind, ...] = (
              advice="Ovi's text encoder is umT5-XXL"),
     FileKind("llm", "LLaMA/Qwen/Gemma-style language model", None, Signature((r"model\.layers\.0\.self_attn\.",)),
              advice="Ovi's text encoder is umT5-XXL"),
+    FileKind("image_vae", "image VAE (Stable Diffusion / Flux / diffusers)", None,
+             Signature((r"(decoder\.up_blocks\.|post_quant_conv\.|decoder\.up\.\d+\.block\.\d+\.norm1\.)",)),
+             VAE_PREFIXES, advice="Ovi needs the Wan2.2 video VAE and MMAudio's audio VAE"),
     # -- MMAudio's audio VAE and BigVGAN vocoder
     FileKind("mmaudio_vae_vocoder", "ComfyUI's MMAudio VAE file (VAE + BigVGAN vocoder)", "audio_vae",
              Signature((r"vae\.decoder\.conv_in\.weight$", r"vocoder\.")), ("",)),
@@ -200,7 +205,6 @@ KINDS: tuple[FileKind, ...] = (
              Signature((_WAN_VAE,), dims=(("decoder.conv1.weight", 1, 16),)), VAE_PREFIXES,
              advice="Ovi needs the 48-channel Wan2.2 VAE"),
     FileKind("wan22_vae", "Wan video VAE (Wan2.2, 48-channel latents)", "video_vae", Signature((_WAN_VAE,)), VAE_PREFIXES),
-    FileKind("diffusers_vae", "diffusers-format VAE", None, Signature((r"(decoder\.up_blocks\.|post_quant_conv\.)",))),
 )
 BY_NAME = {k.name: k for k in KINDS}
 UNKNOWN = FileKind("unknown", "unknown file", None, Signature(("(?!)",)))

@@ -202,7 +202,10 @@ def test_node_loader_reads_a_split_file(fused, tmp_path):
     ({"conv_pre.weight_v": 1, "ups.0.0.weight_v": 1}, "bigvgan"),
     ({"decoder.middle.0.residual.0.gamma": 1, "conv2.weight": 1}, "wan22_vae"),
     ({"first_stage_model.decoder.middle.0.residual.0.gamma": 1}, "wan22_vae"),
-    ({"decoder.up_blocks.0.x": 1}, "diffusers_vae"),
+    ({"decoder.up_blocks.0.x": 1}, "image_vae"),
+    ({"first_stage_model.post_quant_conv.weight": 1, "first_stage_model.decoder.conv_out.weight": 1}, "image_vae"),
+    ({"double_blocks.0.img_attn.qkv.weight": 1, "single_blocks.0.linear1.weight": 1}, "flux_dit"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": 1}, "sd_unet"),
     ({"foo": 1}, "unknown"),
 ])
 def test_identify(keys, kind):
