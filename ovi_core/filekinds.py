@@ -140,23 +140,24 @@ UMT5_WAN_PROBE = "blocks.0.attn.q.weight"  # Wan's models_t5_umt5-xxl-enc-bf16.p
 UMT5_HF_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"  # transformers' names (= ComfyUI's files)
 OVI_PREFIXES = ("", "model.diffusion_model.", "diffusion_model.", "module.", "model.")
 VAE_PREFIXES = ("", "first_stage_model.", "vae.", "model.", "module.")
-_TOWERS = (r"video_model\.", r"audio_model\.")
 _OVI_FUSED = Signature((r"video_model\.", r"audio_model\."))
 _WAN_VAE = r"(decoder\.(conv_in|upsamples|middle|head)|encoder\.(downsamples|conv1)|conv2\.weight)"
 
 KINDS: tuple[FileKind, ...] = (
     # -- the Ovi model (bf16, fp16, fp8; rkfg's fp8 file is float8 e4m3fn with no scales: the same names)
     FileKind("ovi_fused", "Ovi fusion model (video_model.* / audio_model.* keys)", "fusion", _OVI_FUSED, OVI_PREFIXES),
+    # kijai's ComfyUI-WanVideoWrapper files: one file, or the towers in two, each with its own fusion layers (as the
+    # file sizes say); either half is renamed with the one-file rule, so keys of the other tower are taken too
     FileKind("kijai_ovi_single", "Ovi in kijai's ComfyUI-WanVideoWrapper layout (one file)", "fusion",
-             Signature((r"blocks\.0\.cross_attn\.k_fusion\.", r"audio_model\.blocks\.0\.cross_attn\.k_fusion\."),
-                       (r"video_model\.",)), ("", "model.diffusion_model."), kijai_single_to_ovi),
+             Signature((r"patch_embedding\.weight", r"audio_model\.patch_embedding\.0\."), (r"video_model\.",)),
+             ("", "model.diffusion_model."), kijai_single_to_ovi),
     FileKind("kijai_ovi_video", "video-tower half of Ovi split by kijai's ComfyUI-WanVideoWrapper", "fusion",
-             Signature((r"blocks\.0\.cross_attn\.k_fusion\.", r"patch_embedding\.weight"), _TOWERS),
-             ("", "model.diffusion_model."), kijai_video_to_ovi, partner="kijai_ovi_audio"),
+             Signature((r"blocks\.0\.cross_attn\.k_fusion\.", r"patch_embedding\.weight"), (r"video_model\.",)),
+             ("", "model.diffusion_model."), kijai_single_to_ovi, partner="kijai_ovi_audio"),
     FileKind("kijai_ovi_audio", "audio-tower half of Ovi split by kijai's ComfyUI-WanVideoWrapper", "fusion",
              Signature((r"audio_model\.blocks\.0\.cross_attn\.k_fusion\.", r"audio_model\.patch_embedding\.0\."),
-                       (r"video_model\.", r"blocks\.")), ("", "model.diffusion_model."), kijai_audio_to_ovi,
-             partner="kijai_ovi_video"),
+                       (r"video_model\.", r"patch_embedding\.weight")), ("", "model.diffusion_model."),
+             kijai_single_to_ovi, partner="kijai_ovi_video"),
     FileKind("ovi_one_tower", "one tower of the Ovi fusion model", None, Signature((r"(video|audio)_model\.",)),
              OVI_PREFIXES, advice="it holds only one tower of Ovi"),
     # -- diffusion models Ovi cannot use
