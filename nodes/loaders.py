@@ -53,11 +53,11 @@ DEMO_SLG_LAYER = DEMO_SETTINGS.slg_layer  # the demo model has 3 fused blocks; O
 SLG_LAYER = knobs.SLG_LAYER.default
 
 
-def _stored_dtype(path, weight_dtype: str, compute: torch.dtype) -> torch.dtype:
-    """The dtype the weights will be kept in (what ComfyUI's operations cast from)."""
+def _stored_dtype(info, weight_dtype: str, compute: torch.dtype) -> torch.dtype:
+    """The dtype the weights will be kept in (what ComfyUI's operations cast from); info: weights.inspect_checkpoint."""
     if knobs.WEIGHT_DTYPES[weight_dtype] is not None:
         return knobs.WEIGHT_DTYPES[weight_dtype]
-    return torch.float8_e4m3fn if inspect_checkpoint(path).is_fp8 else compute
+    return torch.float8_e4m3fn if info.is_fp8 else compute
 
 
 def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: str, memory_mode: str = MEMORY_MODES[0],
@@ -80,9 +80,11 @@ def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: 
         net.set_attention_backend(attention)
         return make_model(net, DEMO_VARIANT, model_name, devices, DEMO_SLG_LAYER)
     path = bridge.resolve_file(MODEL_FOLDERS, model_name, "Ovi model")
-    ops = bridge.layer_operations(_stored_dtype(path, weight_dtype, dtype), dtype, devices.load)
+    found = inspect_checkpoint(path)  # what the file is (either half of a split model joins its partner), read once
+    ops = bridge.layer_operations(_stored_dtype(found, weight_dtype, dtype), dtype, devices.load)
     net, info = load_fusion_model(path, device=devices.offload, dtype=dtype, weight_dtype=weight_dtype,
-                                  variant=None if variant == "auto" else variant, attention=attention, operations=ops)
+                                  variant=None if variant == "auto" else variant, attention=attention, operations=ops,
+                                  info=found)
     return make_model(net, get_variant(info.variant), model_name, devices, SLG_LAYER)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import interrupt
+from . import filekinds, interrupt
 from .errors import WrongFileError
 
 
@@ -207,16 +207,17 @@ def _weight_norm(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def vocoder_from_state_dict(sd: dict, dtype: torch.dtype = torch.float32, source: str = "vocoder") -> BigVGAN:
     """Build BigVGAN from a state dict in any of the accepted layouts (sizes are read from the weights)."""
-    from .wan_vae import describe_checkpoint
-
     if "generator" in sd and isinstance(sd["generator"], dict):  # MMAudio's best_netG.pt
         sd = sd["generator"]
-    if not any(k.startswith("conv_pre.") for k in sd) and any(k.startswith("vocoder.conv_pre.") for k in sd):
-        sd = {k[len("vocoder.") :]: v for k, v in sd.items() if k.startswith("vocoder.")}  # saved from a wrapper
+    found = filekinds.identify(sd)
+    if found.kind.name == "mmaudio_vae_vocoder":  # ComfyUI's MMAudio file: the vocoder is its `vocoder.*` half
+        sd = filekinds.strip_prefix(sd, "vocoder.")
+    elif found.kind.part == "vocoder" and found.prefix:  # saved from a wrapper (`vocoder.`)
+        sd = filekinds.strip_prefix(sd, found.prefix)
     sd = fold_weight_norm(sd)
     if "conv_pre.weight" not in sd or "conv_post.weight" not in sd:
         raise WrongFileError(
-            f"{source} is not a BigVGAN vocoder: it looks like {describe_checkpoint(sd)}. Ovi needs MMAudio's "
+            f"{source} is not a BigVGAN vocoder: it looks like {found.describe()}. Ovi needs MMAudio's "
             "`best_netG.pt` (hkchengrex/MMAudio, ext_weights/)"
         )
     ref = BigVGANConfig()

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import interrupt
+from . import filekinds, interrupt
 from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError
 from .mmaudio_vae import (
@@ -41,13 +41,12 @@ from .mmaudio_vae import (
     MelVAEConfig,
     MPConv1d,
     ResBlock1d,
-    _is_comfy_layout,
     _mp_silu,
     fill_demo_weights_,
     load_vae_half_,
     normalize_mp_weight,
+    split_comfy_file,
 )
-from .wan_vae import describe_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +295,7 @@ def audio_encoder_from_state_dict(
                 "needs the full VAE: MMAudio's `v1-16.pth` (hkchengrex/MMAudio, ext_weights/)"
             )
         raise WrongFileError(
-            f"{source} is not an MMAudio audio VAE: it looks like {describe_checkpoint(sd)}. Encoding audio needs "
+            f"{source} is not an MMAudio audio VAE: it looks like {filekinds.describe(sd)}. Encoding audio needs "
             "MMAudio's `v1-16.pth` (hkchengrex/MMAudio, ext_weights/)"
         )
     w_in, w_out = sd[_ENCODER_MARKER], sd["encoder.conv_out.weight"]
@@ -318,10 +317,11 @@ def load_audio_encoder(
     (`vae.*` with normalised weights + `vocoder.*`). The .pth is read with torch.load(weights_only=True)."""
     sd = read_checkpoint(vae_path, "MMAudio audio VAE")
     name = Path(vae_path).name
-    normalized = _is_comfy_layout(sd)
+    comfy = split_comfy_file(sd)
+    normalized = comfy is not None
     if normalized:
-        sd = {k[4:]: v for k, v in sd.items() if k.startswith("vae.")}
-    elif "generator" in sd or any(k.startswith("conv_pre.") for k in sd):
+        sd = comfy[0]
+    elif filekinds.identify(sd).kind.part == "vocoder":
         raise WrongFileError(
             f"{name} is a BigVGAN vocoder, not the audio VAE; the audio encoder needs MMAudio's `v1-16.pth`"
         )

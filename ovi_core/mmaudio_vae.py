@@ -25,11 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import interrupt
+from . import filekinds, interrupt
 from .bigvgan import BigVGAN, build_demo_vocoder, vocoder_from_state_dict
 from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError
-from .wan_vae import describe_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -412,9 +411,12 @@ class AudioDecoder(nn.Module):
 _VAE_MARKER = "decoder.conv_in.weight"
 
 
-def _is_comfy_layout(sd: dict) -> bool:
-    """ComfyUI's MMAudio VAE file: `vae.*` (weights already normalised) and `vocoder.*` (weight norm folded)."""
-    return "vae." + _VAE_MARKER in sd and any(k.startswith("vocoder.") for k in sd)
+def split_comfy_file(sd: dict) -> tuple[dict, dict] | None:
+    """ComfyUI's MMAudio VAE file (filekinds "mmaudio_vae_vocoder": `vae.*` with the weights already normalised,
+    `vocoder.*` with weight norm folded) as (VAE state dict, vocoder state dict); None for any other file."""
+    if filekinds.identify(sd).kind.name != "mmaudio_vae_vocoder":
+        return None
+    return filekinds.strip_prefix(sd, "vae."), filekinds.strip_prefix(sd, "vocoder.")
 
 
 def load_vae_half_(model: nn.Module, sd: dict, half: str, source: str, extra_ok: bool) -> None:
@@ -461,7 +463,7 @@ def mel_vae_from_state_dict(
     """Build the VAE decoder from MMAudio key names. `normalized=False` (raw v1-16.pth weights) normalises once."""
     if _VAE_MARKER not in sd or sd[_VAE_MARKER].dim() != 3:
         raise WrongFileError(
-            f"{source} is not an MMAudio audio VAE: it looks like {describe_checkpoint(sd)}. Ovi needs MMAudio's "
+            f"{source} is not an MMAudio audio VAE: it looks like {filekinds.describe(sd)}. Ovi needs MMAudio's "
             "`v1-16.pth` (hkchengrex/MMAudio, ext_weights/) or ComfyUI's MMAudio VAE file"
         )
     w_out = sd["decoder.conv_out.weight"]
@@ -486,14 +488,12 @@ def load_audio_decoder(
     Both .pth files are read with torch.load(weights_only=True)."""
     sd = read_checkpoint(vae_path, "MMAudio audio VAE")
     name = Path(vae_path).name
-    if _is_comfy_layout(sd):
-        vae = mel_vae_from_state_dict(
-            {k[4:]: v for k, v in sd.items() if k.startswith("vae.")}, dtype, normalized=True, source=name
-        )
-        voc_sd = {k[8:]: v for k, v in sd.items() if k.startswith("vocoder.")}
-        voc_source = name
+    comfy = split_comfy_file(sd)
+    if comfy is not None:
+        vae = mel_vae_from_state_dict(comfy[0], dtype, normalized=True, source=name)
+        voc_sd, voc_source = comfy[1], name
     else:
-        if "generator" in sd or any(k.startswith("conv_pre.") for k in sd):  # best_netG.pt, unwrapped or not
+        if filekinds.identify(sd).kind.part == "vocoder":  # best_netG.pt, unwrapped or not
             raise WrongFileError(
                 f"{name} is a BigVGAN vocoder, not the audio VAE: pass `v1-16.pth` as the VAE and `{name}` as the vocoder"
             )

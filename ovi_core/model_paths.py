@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from ovi_core import filekinds
 from ovi_core.config import FP8_FILENAME, VARIANTS, Variant, get_variant
 from ovi_core.errors import OviInputError, WrongFileError
 
@@ -197,6 +198,7 @@ def _fusion_candidates(models: Path, variants: list[Variant], fp8: bool) -> tupl
     exact = {FP8_FILENAME} if fp8 else {v.filename for v in variants}
     rejected: list[str] = []
     hits: list[tuple[Variant, Path]] = []
+    seen: set[frozenset[Path]] = set()
     for sub in COMFY_FUSION_FOLDERS:
         for path in _files_under(models / sub):
             name = path.name
@@ -211,6 +213,10 @@ def _fusion_candidates(models: Path, variants: list[Variant], fp8: bool) -> tupl
                 rejected.append(f"{path.name}: {str(exc).split(';')[0][:160]}")
                 logger.debug("skipping %s: %s", path, exc)
                 continue
+            halves = frozenset([info.path.resolve(), *(p.resolve() for p in info.files.values())])
+            if halves in seen:  # the other half of a split model already found
+                continue
+            seen.add(halves)
             name_variant, _ = detect_variant(info)
             for v in variants:
                 if v.name == name_variant:
@@ -221,16 +227,13 @@ def _fusion_candidates(models: Path, variants: list[Variant], fp8: bool) -> tupl
 
 
 def _carries_vocoder(path: Path | None) -> bool:
-    """True for a safetensors audio VAE file that also holds the vocoder (``vocoder.*`` keys)."""
+    """True for a safetensors audio VAE file that also holds the vocoder (ComfyUI's MMAudio VAE + vocoder file)."""
     if path is None or path.suffix != ".safetensors":
         return False
-    from ovi_core.checkpoint_io import read_safetensors_header
-
     try:
-        header, _ = read_safetensors_header(path)
+        return filekinds.identify(path).kind.name == "mmaudio_vae_vocoder"
     except WrongFileError:
         return False
-    return any(k.startswith("vocoder.") for k in header)
 
 
 def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | Variant | None = None, fp8: bool = False,
@@ -282,27 +285,27 @@ def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | Variant |
 
 # ---- checking the contents -------------------------------------------------------------------------------------
 _NON_WEIGHT_KEYS = ("spiece_model", "scaled_fp8", ".comfy_quant", "num_batches_tracked")
-_ST_TO_TORCH = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-                "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                "BOOL": "bool"}
+# What each part's file must be, in the words of the "X is not <this>: it looks like ..." messages.
+NEEDED = {"text_encoder": "a umT5 text encoder", "video_vae": "a Wan2.2 video VAE",
+          "audio_vae": "an MMAudio audio VAE", "vocoder": "a BigVGAN vocoder"}
 
 
 def _meta_state_dict(path: Path) -> dict:
-    """Every tensor of a file as an empty meta tensor of the right shape and dtype: a safetensors file is read from
-    its header only; a torch file with torch.load(weights_only=True, mmap=True) (never a plain unpickle)."""
-    import torch
+    """Every tensor of a file as an empty meta tensor of the right shape and dtype, from its header (read once)."""
+    return filekinds.meta_state_dict(filekinds.read_header(path))
 
-    from ovi_core.checkpoint_io import CheckpointFile
 
-    with CheckpointFile(path) as f:
-        out = {}
-        for k in f.keys:
-            name = f.dtype(k)
-            dtype = getattr(torch, _ST_TO_TORCH.get(name, name.removeprefix("torch.")), None)
-            if not isinstance(dtype, torch.dtype):
-                raise WrongFileError(f"{path.name}: tensor {k} has the unknown dtype {name}")
-            out[k] = torch.empty(f.shape(k), dtype=dtype, device="meta")
-        return out
+def _expect_kind(part: str, path: Path) -> str:
+    """The label of the file's kind (filekinds) when it serves ``part``; WrongFileError naming what it is otherwise.
+    A file whose header cannot be read is left to the part's own check (its loader names the problem best)."""
+    try:
+        found = filekinds.identify(path)
+    except WrongFileError:
+        return ""
+    if found.kind.part != part:
+        raise WrongFileError(f"{path.name} is not {NEEDED[part]}: it looks like {found.describe()}. "
+                             f"Get it from {WHERE_TO_GET[part]}")
+    return found.kind.label
 
 
 def _check_dtypes(path: Path, sd: dict) -> str:
@@ -339,9 +342,11 @@ def _check_fusion(path: Path) -> str:
     with torch.device("meta"):
         model = OviFusion(cfg)
     _check_keys(model, info)  # missing / unexpected keys and shape mismatches
-    dtypes = _check_dtypes(path, _meta_state_dict(path))
+    files = list(dict.fromkeys([path, *info.files.values()]))  # a split model: both halves
+    dtypes = _check_dtypes(path, {f"{p.name}:{k}": t for p in files for k, t in _meta_state_dict(p).items()})
     variant, source = detect_variant(info)
-    return (f"Ovi fused model, {variant} (from the {source}), {cfg.num_layers} blocks of width {cfg.video.dim}; "
+    what = "Ovi fused model" if len(files) == 1 else f"Ovi model in two files ({info.kind.kind.label} + {files[1].name})"
+    return (f"{what}, {variant} (from the {source}), {cfg.num_layers} blocks of width {cfg.video.dim}; "
             f"tensors: {dtypes}")
 
 
@@ -349,7 +354,7 @@ def _check_text_encoder(path: Path, tokenizer: Path | None) -> str:
     from ovi_core.text_encoder import _empty_umt5, _resolve_tokenizer, umt5_config
     from ovi_core.umt5_keys import _config_from_shapes, _encoder_names, _open_weights
 
-    with _open_weights(path) as f:
+    with _open_weights(path) as f:  # the loader's own check asks the file-kind table (one read of a .pth)
         layout, names = _encoder_names(f)
         hp = _config_from_shapes(f, names, layout)
     model = _empty_umt5(umt5_config(**{("vocab_size" if k == "vocab" else k): v for k, v in hp.items()}))
@@ -365,30 +370,28 @@ def _check_text_encoder(path: Path, tokenizer: Path | None) -> str:
 
 
 def _check_video_vae(path: Path) -> str:
-    from ovi_core.wan_vae import describe_checkpoint, video_vae_from_state_dict
+    from ovi_core.wan_vae import video_vae_from_state_dict
 
+    _expect_kind("video_vae", path)
     sd = _meta_state_dict(path)
-    video_vae_from_state_dict(sd, device="meta", source=path.name)  # kind, latent channels, keys and shapes
+    video_vae_from_state_dict(sd, device="meta", source=path.name)  # latent channels, keys and shapes
     dtypes = _check_dtypes(path, sd)
-    return f"{describe_checkpoint(sd)}, {'encoder + decoder' if 'encoder.conv1.weight' in sd else 'decoder only'}; " \
-           f"tensors: {dtypes}"
+    half = "encoder + decoder" if "encoder.conv1.weight" in sd else "decoder only"
+    return f"{NEEDED['video_vae']}, {half}; tensors: {dtypes}"
 
 
 def _check_audio_vae(path: Path, full: bool = True) -> str:
     from ovi_core.checkpoint_io import read_checkpoint
-    from ovi_core.mmaudio_vae import _VAE_MARKER, _is_comfy_layout, load_audio_decoder, mel_vae_from_state_dict
-    from ovi_core.wan_vae import describe_checkpoint
+    from ovi_core.mmaudio_vae import load_audio_decoder, mel_vae_from_state_dict
 
     sd = read_checkpoint(path, "MMAudio audio VAE") if full else _meta_state_dict(path)
     dtypes = _check_dtypes(path, sd)
-    comfy = _is_comfy_layout(sd)
-    if not full:  # key signature only (the pipeline loads the small decoders before sampling anyway)
-        if _VAE_MARKER not in sd and not comfy:
-            raise WrongFileError(f"{path.name} is not an MMAudio audio VAE: it looks like {describe_checkpoint(sd)}. "
-                                 f"Get it from {WHERE_TO_GET['audio_vae']}")
-    elif comfy:
+    # without `full` the kind (its key signature) is the check: the pipeline loads the small decoders before sampling
+    _expect_kind("audio_vae", path)
+    comfy = filekinds.identify(path).kind.name == "mmaudio_vae_vocoder"
+    if full and comfy:
         load_audio_decoder(path, None, device="cpu")  # small: read in full, every key and shape checked
-    else:
+    elif full:
         mel_vae_from_state_dict(sd, source=path.name)
     if comfy:
         return f"MMAudio 16 kHz VAE + BigVGAN vocoder in one file (ComfyUI layout); tensors: {dtypes}"
@@ -400,6 +403,7 @@ def _check_vocoder(path: Path) -> str:
 
     sd = _meta_state_dict(path)
     dtypes = _check_dtypes(path, sd)
+    _expect_kind("vocoder", path)
     vocoder_from_state_dict(sd, source=path.name)  # on the meta device: kind, keys and shapes, no data read
     return f"BigVGAN vocoder (16 kHz, MMAudio); tensors: {dtypes}"
 

@@ -285,22 +285,18 @@ class OviPipeline:
         from ovi_core.weights import (
             check_is_fusion_checkpoint,
             config_from_checkpoint,
-            detect_variant,
             inspect_checkpoint,
+            resolve_variant,
         )
 
         opt = lambda p: Path(p) if p is not None else None  # noqa: E731
         paths = OviWeightPaths(Path(fusion), Path(text_encoder), Path(video_vae), Path(audio_vae), opt(vocoder),
                                opt(tokenizer))
         check_paths(paths)
-        info = inspect_checkpoint(paths.fusion)  # header only
+        info = inspect_checkpoint(paths.fusion)  # header only, read once: load_fusion_model gets it
         check_is_fusion_checkpoint(info)
         cfg = config_from_checkpoint(info)
-        if variant is None:
-            variant, source = detect_variant(info)
-            if source == "default":
-                logger.warning("%s: cannot tell the model variant from the file; assuming %s (choose it explicitly "
-                               "if wrong)", paths.fusion.name, variant)
+        variant, _ = resolve_variant(info, variant)
         v = get_variant(variant)
         device = torch.device(device) if device is not None else _default_device()
 
@@ -313,7 +309,7 @@ class OviPipeline:
             from ovi_core.weights import load_fusion_model
 
             model, _ = load_fusion_model(paths.fusion, device=device, dtype=dtype, weight_dtype=weight_dtype,
-                                         config=cfg, variant=v, attention=attention)
+                                         config=cfg, variant=v, attention=attention, info=info)
             return model
 
         def load_video_vae():

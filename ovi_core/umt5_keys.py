@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from . import filekinds
 from .checkpoint_io import CheckpointFile, sniff_format
 from .errors import WrongFileError
 
@@ -45,8 +46,9 @@ WAN_TO_TRANSFORMERS: tuple[tuple[str, str], ...] = (
     ("norm.weight", "encoder.final_layer_norm.weight"),
 )
 
-_WAN_PROBE = "blocks.0.attn.q.weight"
-_HF_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"
+_HF_PROBE = filekinds.UMT5_HF_PROBE
+# the umT5 rows of filekinds.KINDS -> the key layout this loader reads
+LAYOUT_OF_KIND = {"umt5_wan": "wan", "umt5_transformers": "transformers", "umt5_scaled_fp8": "transformers"}
 # tensors that carry quantisation data or the tokenizer, not weights
 _AUX_SUFFIXES = (".scale_weight", ".weight_scale", ".weight_scale_2", ".scale_input", ".input_scale", ".comfy_quant")
 
@@ -91,42 +93,13 @@ def _open_weights(path: Path) -> CheckpointFile:
                              f"nor a PyTorch checkpoint: {exc}") from None
 
 
-def _describe_foreign_file(keys: list[str]) -> str:
-    """What a file without umT5 keys looks like, for the error message."""
-    keyset = set(keys)
-
-    def has(fragment):
-        return any(fragment in k for k in keys)
-
-    if any(k.startswith(("video_model.", "audio_model.")) for k in keys):
-        return "the Ovi fusion model (video_model.* / audio_model.* keys) - load it with the Ovi model loader"
-    if has("patch_embedding.weight") or has("blocks.0.self_attn.q.weight"):
-        return "a Wan diffusion model (DiT), not its text encoder"
-    if has("text_model.encoder.layers.") or has("transformer.resblocks."):
-        return "a CLIP text encoder (e.g. clip_l.safetensors)"
-    if has("encoder.block.0.layer.1.DenseReluDense.wi.weight"):
-        return "an original (non-gated) T5 encoder"
-    if has("model.layers.0.self_attn."):
-        return "a LLaMA/Qwen/Gemma-style language model"
-    if any(k.startswith(("decoder.", "encoder.", "first_stage_model.")) and "conv" in k for k in keys) \
-            or "conv1.weight" in keyset or has("quant_conv"):
-        return "a VAE (convolution weights such as decoder.conv_in / conv1)"
-    if has("conv_pre.") or has("ups.0."):
-        return "a vocoder (BigVGAN-style conv_pre/ups keys)"
-    sample = ", ".join(sorted(keys)[:5]) or "no tensors at all"
-    return f"an unknown model (first keys: {sample})"
-
-
-
 def _encoder_names(f: CheckpointFile) -> tuple[str, dict[str, str]]:
     """The file's layout ("wan" / "transformers") and a map from its weight keys to transformers names."""
     name = f.path.name
-    wan = [k[: -len(_WAN_PROBE)] for k in f.keys if k.endswith(_WAN_PROBE)]
-    hf = [k[: -len(_HF_PROBE)] for k in f.keys if k.endswith(_HF_PROBE) and not k.startswith("decoder.")]
-    if not wan and not hf:
-        raise WrongFileError(f"`{name}` is not a umT5 text encoder: it looks like {_describe_foreign_file(f.keys)}. "
-                             f"{_WHERE_TO_GET}")
-    layout, prefix = ("wan", wan[0]) if wan else ("transformers", hf[0])
+    found = filekinds.identify(filekinds.header_of(f))  # what the file is: the file-kind table
+    if found.kind.name not in LAYOUT_OF_KIND:
+        raise WrongFileError(f"`{name}` is not a umT5 text encoder: it looks like {found.describe()}. {_WHERE_TO_GET}")
+    layout, prefix = LAYOUT_OF_KIND[found.kind.name], found.prefix
     names, ignored = {}, []
     for k in f.keys:
         if not k.startswith(prefix) or k.endswith(_AUX_SUFFIXES) or k.endswith(("scaled_fp8", "spiece_model")):

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import interrupt
+from . import filekinds, interrupt
 from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError
 
@@ -671,60 +671,24 @@ def _blend_mask(y0, th, h, x0, tw, w, overlap, device) -> torch.Tensor:
 # Files
 
 
-def describe_checkpoint(sd: dict) -> str:
-    """A short guess of what kind of file a state dict comes from, for error messages."""
-    keys = [k for k in sd if isinstance(k, str)]
-
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
-
-    if has("video_model.") or has("audio_model."):
-        return "an Ovi fusion (DiT) checkpoint"
-    if has("model.diffusion_model.") or has("blocks.0.self_attn."):
-        return "a diffusion-model checkpoint"
-    if "token_embedding.weight" in sd or "shared.weight" in sd or has("encoder.block."):
-        return "a umT5 text-encoder file"
-    if "decoder.middle.0.residual.0.gamma" in sd:
-        z = sd.get("decoder.conv1.weight")
-        if isinstance(z, torch.Tensor) and z.shape[1] == 16:
-            return "a Wan2.1 video VAE (16-channel latents)"
-        return "a Wan2.2 video VAE"
-    if has("decoder.up_blocks.") or has("post_quant_conv."):
-        return "a diffusers-format VAE"
-    if "generator" in sd or has("conv_pre.") or has("vocoder.conv_pre") or has("vocoder.ups."):
-        return "a BigVGAN vocoder" if not has("vae.") else "ComfyUI's MMAudio VAE file"
-    if "decoder.conv_in.weight" in sd and "data_mean" in sd:
-        return "an MMAudio audio VAE"
-    return f"an unknown file (first keys: {', '.join(keys[:3])})"
-
-
-def _strip_prefix(sd: dict, marker: str) -> dict:
-    """Drop a wrapper prefix such as `first_stage_model.` or `vae.` in front of the key `marker`."""
-    if marker in sd:
-        return sd
-    for k in sd:
-        if isinstance(k, str) and k.endswith("." + marker):
-            prefix = k[: -len(marker)]
-            return {key[len(prefix) :]: v for key, v in sd.items() if key.startswith(prefix)}
-    return sd
-
-
 def video_vae_from_state_dict(
     sd: dict, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, source: str = "state dict"
 ) -> WanVideoVAE:
     """Build a WanVideoVAE from original-Wan / ComfyUI key names (decoder-only dicts are accepted)."""
     if "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    sd = _strip_prefix(sd, "decoder.middle.0.residual.0.gamma")
+    found = filekinds.identify(sd)
+    if found.kind.name in ("wan22_vae", "wan21_vae") and found.prefix:  # e.g. `first_stage_model.`, `vae.`
+        sd = filekinds.strip_prefix(sd, found.prefix)
     if "decoder.middle.0.residual.0.gamma" not in sd or "conv2.weight" not in sd:
         raise WrongFileError(
-            f"{source} is not a Wan2.2 video VAE: it looks like {describe_checkpoint(sd)}. Ovi needs `Wan2.2_VAE.pth` "
+            f"{source} is not a Wan2.2 video VAE: it looks like {found.describe()}. Ovi needs `Wan2.2_VAE.pth` "
             "from Wan-AI/Wan2.2-TI2V-5B or ComfyUI's `wan2.2_vae.safetensors`."
         )
     z_dim = sd["decoder.conv1.weight"].shape[1]
     if z_dim != 48 or "decoder.upsamples.0.upsamples.0.residual.2.weight" not in sd:
         raise WrongFileError(
-            f"{source} is {describe_checkpoint(sd)} with {z_dim}-channel latents; Ovi needs the 48-channel Wan2.2 VAE "
+            f"{source} is {found.describe()} with {z_dim}-channel latents; Ovi needs the 48-channel Wan2.2 VAE "
             "(`Wan2.2_VAE.pth` or ComfyUI's `wan2.2_vae.safetensors`), not the Wan2.1 VAE."
         )
     cfg = WanVAEConfig.from_state_dict(sd)

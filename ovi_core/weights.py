@@ -2,7 +2,9 @@
 
 The released files (chetwinlow1/Ovi model.safetensors, model_960x960.safetensors,
 model_960x960_10s.safetensors; rkfg/Ovi-fp8_quantized model_fp8_e4m3fn.safetensors) use the module names of
-ovi_core.fusion.OviFusion directly. Loading builds the model on the meta device and assigns the file's tensors to
+ovi_core.fusion.OviFusion directly. Which layout a file has (also kijai's ComfyUI-WanVideoWrapper files: one file, or
+the video and audio towers in two files that are joined here) is decided by the file-kind table, ovi_core.filekinds.
+Loading builds the model on the meta device and assigns the file's tensors to
 it one by one. A safetensors file is memory-mapped: a tensor already in the wanted dtype on the CPU is used where
 it lies in the map, without a copy, and is read from disk when the first forward touches it; so loading costs
 about one read of the file and peak memory is about one model (file-backed pages the system can drop), not two.
@@ -17,38 +19,26 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from ovi_core import interrupt
+from ovi_core import filekinds, interrupt
 from ovi_core.checkpoint_io import CheckpointFile
-from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig, TowerConfig
+from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig
 from ovi_core.errors import WrongFileError
 from ovi_core.fusion import OviFusion
 from ovi_core.knobs import WEIGHT_DTYPES, is_fp8
 
 log = logging.getLogger(__name__)
 
-# Prefixes that repackaged files put before the released names; stripped on load (a rename table, as data).
-KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
-
-# What a file is when it is not an Ovi fused model: (regex on a key, description, what to use instead).
-FOREIGN_LAYOUTS: tuple[tuple[str, str, str], ...] = (
-    (r"^(encoder\.block\.\d+\.layer|shared\.weight|token_embedding\.weight|blocks\.\d+\.attn\.q\.weight)",
-     "a umT5/T5 text encoder", "load it with the Ovi text encoder loader"),
-    (r"^(decoder\.(conv_in|upsamples|middle|head)|encoder\.(downsamples|conv1)|conv2\.weight)",
-     "a Wan video VAE", "load it with the Ovi video VAE loader"),
-    (r"^(conv_pre\.|ups\.\d+|resblocks\.\d+|generator\.)", "a BigVGAN vocoder", "load it with the Ovi audio VAE loader"),
-    (r"^(data_mean|decoder\.conv_out|encoder\.learnable_gain|decoder\.learnable_gain)",
-     "an MMAudio audio VAE", "load it with the Ovi audio VAE loader"),
-    (r"^(transformer_blocks\.|condition_embedder\.|blocks\.\d+\.attn1\.)",
-     "a diffusers-format video transformer", "Ovi needs its own fused file"),
-    (r"^blocks\.\d+\.(self_attn|cross_attn)\.", "a Wan2.x video DiT (for example Wan2.2-TI2V-5B) with no audio tower",
-     "Ovi's video tower starts from Wan2.2-5B but the fused file holds both towers"),
-)
+# What the Ovi model loader says about files of other parts (what a file is: ovi_core.filekinds).
+LOADER_OF_PART = {"text_encoder": "load it with the Ovi text encoder loader",
+                  "video_vae": "load it with the Ovi video VAE loader",
+                  "audio_vae": "load it with the Ovi audio VAE loader",
+                  "vocoder": "load it with the Ovi audio VAE loader"}
 GET_WEIGHTS = ("the fused file model.safetensors (720x720_5s), model_960x960.safetensors or "
                "model_960x960_10s.safetensors from huggingface.co/chetwinlow1/Ovi, or model_fp8_e4m3fn.safetensors "
                "from huggingface.co/rkfg/Ovi-fp8_quantized")
@@ -56,7 +46,7 @@ GET_WEIGHTS = ("the fused file model.safetensors (720x720_5s), model_960x960.saf
 
 @dataclass
 class CheckpointInfo:
-    """What a checkpoint holds, read without loading its tensors."""
+    """What a checkpoint holds, read without loading its tensors (one file, or the two halves of a split model)."""
 
     path: Path
     shapes: dict[str, tuple[int, ...]]  # released key -> shape
@@ -64,10 +54,17 @@ class CheckpointInfo:
     file_keys: dict[str, str]  # released key -> key in the file
     metadata: dict[str, str] = field(default_factory=dict)
     format: str = "safetensors"
+    kind: filekinds.Identified | None = None  # the row of filekinds.KINDS the file matched
+    files: dict[str, Path] = field(default_factory=dict)  # released key -> file, where not `path` (split models)
+    scales: dict[str, tuple[Path, str]] = field(default_factory=dict)  # weight key -> (file, key) of its fp8 scale
 
     @property
     def is_fp8(self) -> bool:
-        return any("F8" in d or "float8" in d for d in self.dtypes.values())
+        """fp8 weights that stay fp8 in memory (scaled fp8 files are dequantised on load)."""
+        return not self.scales and any("F8" in d or "float8" in d for d in self.dtypes.values())
+
+    def file_of(self, key: str) -> Path:
+        return self.files.get(key, self.path)
 
 
 @dataclass
@@ -80,43 +77,52 @@ class LoadInfo:
     bytes_in_memory: int
 
 
-def _strip_prefix(key: str) -> str:
-    for p in KEY_PREFIXES:
-        if key.startswith(p) and key[len(p):].startswith(("video_model.", "audio_model.")):
-            return key[len(p):]
-    return key
+_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 
 
 def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
-    """Keys, shapes and dtypes of a fused-model file (.safetensors, or .pt/.pth/.ckpt as the reference accepts)."""
+    """Keys, shapes and dtypes of a fused-model file (.safetensors, or .pt/.pth/.ckpt as the reference accepts), in
+    the released names; for one half of a split model (kijai's towers), of both halves joined."""
     path = Path(path)
     if not path.is_file():
         raise WrongFileError(f"{path} does not exist; Ovi needs {GET_WEIGHTS}")
-    with CheckpointFile(path) as f:
-        file_keys = {_strip_prefix(k): k for k in f.keys}
-        return CheckpointInfo(path, {k: f.shape(v) for k, v in file_keys.items()},
-                              {k: f.dtype(v) for k, v in file_keys.items()}, file_keys, f.metadata, f.format)
+    found = filekinds.identify(path)
+    halves = [found]
+    if found.kind.part == "fusion" and found.kind.partner:
+        halves.append(filekinds.find_partner(found))
+    info = CheckpointInfo(path, {}, {}, {}, dict(found.header.metadata), found.header.format, found)
+    for half in halves:
+        h = half.header
+        info.metadata = {**h.metadata, **info.metadata}
+        for ours, file_key in half.key_map().items():
+            if file_key.endswith("scaled_fp8"):  # the marker of a scaled fp8 file, not a weight
+                continue
+            if file_key.endswith(_SCALE_SUFFIXES):
+                info.scales[ours.rpartition(".")[0] + ".weight"] = (h.path, file_key)
+                continue
+            info.shapes[ours], info.dtypes[ours], info.file_keys[ours] = h.shapes[file_key], h.dtypes[file_key], file_key
+            if h.path != path:
+                info.files[ours] = h.path
+    return info
 
 
 # ---- recognising the file ----------------------------------------------------------------------------------
 def check_is_fusion_checkpoint(info: CheckpointInfo) -> None:
     """Raise WrongFileError describing the file when it is not an Ovi fused checkpoint."""
-    keys = list(info.shapes)
-    has_v = any(k.startswith("video_model.") for k in keys)
-    has_a = any(k.startswith("audio_model.") for k in keys)
+    found = info.kind or filekinds.identify(filekinds.Header(info.path.name, info.shapes, info.dtypes))
     name = info.path.name
-    if has_v and has_a:
+    if found.kind.part == "fusion":
         return
-    if has_v or has_a:
-        have = "video_model.*" if has_v else "audio_model.*"
-        miss = "audio_model.*" if has_v else "video_model.*"
+    if found.kind.name == "ovi_one_tower":
+        has_v = any(k.startswith(found.prefix + "video_model.") for k in found.header.keys)
+        have, miss = ("video_model.*", "audio_model.*") if has_v else ("audio_model.*", "video_model.*")
         raise WrongFileError(f"{name} has {have} keys but no {miss} keys: it holds only one tower of Ovi. Use {GET_WEIGHTS}")
-    for pattern, what, instead in FOREIGN_LAYOUTS:
-        if any(re.match(pattern, k) for k in keys):
-            raise WrongFileError(f"{name} has no video_model.*/audio_model.* keys — it looks like {what}; {instead}. "
-                                 f"The Ovi model loader needs {GET_WEIGHTS}")
-    sample = ", ".join(keys[:3]) or "no tensors at all"
-    raise WrongFileError(f"{name} is not an Ovi fused checkpoint (first keys: {sample}). Use {GET_WEIGHTS}")
+    if found.kind is filekinds.UNKNOWN:
+        sample = ", ".join(found.header.keys[:3]) or "no tensors at all"
+        raise WrongFileError(f"{name} is not an Ovi fused checkpoint (first keys: {sample}). Use {GET_WEIGHTS}")
+    instead = LOADER_OF_PART.get(found.kind.part, found.kind.advice)
+    raise WrongFileError(f"{name} has no video_model.*/audio_model.* keys — it looks like {found.describe()}; {instead}. "
+                         f"The Ovi model loader needs {GET_WEIGHTS}")
 
 
 def config_from_checkpoint(info: CheckpointInfo, num_heads: int | None = None) -> FusionConfig:
@@ -138,11 +144,11 @@ def config_from_checkpoint(info: CheckpointInfo, num_heads: int | None = None) -
             raise WrongFileError(f"{info.path.name}: cannot tell the number of attention heads for width {dim} "
                                  "(not a multiple of 128); pass a config")
         num_heads = dim // 128
-    kw = dict(dim=dim, ffn_dim=ffn, num_heads=num_heads, num_layers=layers)
-    return FusionConfig(
-        video=TowerConfig(kind="video", in_dim=in_v, out_dim=out_v, **kw),
-        audio=TowerConfig(kind="audio", in_dim=in_a, out_dim=out_a, patch_size=(1,), temporal_rope_scale=0.19676, **kw),
-    )
+    cfg = FusionConfig.scaled(dim=dim, ffn_dim=ffn, num_heads=num_heads, num_layers=layers)
+    if (in_v, out_v, in_a, out_a) != (cfg.video.in_dim, cfg.video.out_dim, cfg.audio.in_dim, cfg.audio.out_dim):
+        cfg = replace(cfg, video=replace(cfg.video, in_dim=in_v, out_dim=out_v),
+                      audio=replace(cfg.audio, in_dim=in_a, out_dim=out_a))
+    return cfg
 
 
 def detect_variant(info: CheckpointInfo) -> tuple[str, str]:
@@ -163,6 +169,23 @@ def detect_variant(info: CheckpointInfo) -> tuple[str, str]:
     if "720" in low:
         return "720x720_5s", "file name"
     return DEFAULT_VARIANT, "default"
+
+
+_WARNED: set[Path] = set()
+
+
+def resolve_variant(info: CheckpointInfo, variant: str | None = None) -> tuple[str, str]:
+    """(variant, source): the argument when given, else detect_variant; says once per file when it had to assume."""
+    if variant is not None:
+        from ovi_core.config import get_variant
+
+        return get_variant(variant).name, "argument"
+    name, source = detect_variant(info)
+    if source == "default" and info.path not in _WARNED:
+        _WARNED.add(info.path)
+        log.warning("%s: cannot tell the model variant from the file; assuming %s (choose it explicitly if wrong)",
+                    info.path.name, name)
+    return name, source
 
 
 def _check_keys(model: nn.Module, info: CheckpointInfo) -> None:
@@ -231,16 +254,20 @@ class _FiniteScan:
 def check_finite_checkpoint(path: str | os.PathLike) -> int:
     """Read every tensor of a checkpoint and raise WrongFileError naming the first one with NaN or infinite values.
 
-    Reads the whole file once (memory-mapped, one tensor at a time); returns the number of tensors checked."""
+    Reads the whole file once (memory-mapped, one tensor at a time), and the other half of a split model too;
+    returns the number of tensors checked."""
     path = Path(path)
     scan = _FiniteScan()
-    with CheckpointFile(path) as f:
-        for key in f.keys:
-            interrupt.check("checking the model weights")
-            if not scan(f.get(key)):
-                raise WrongFileError(f"{path.name}: tensor {key} contains NaN or infinite values; the file is corrupt — "
-                                     "download it again")
-    return len(f.keys)
+    count = 0
+    for p in dict.fromkeys([path, *inspect_checkpoint(path).files.values()]):
+        with CheckpointFile(p) as f:
+            for key in f.keys:
+                interrupt.check("checking the model weights")
+                if not scan(f.get(key)):
+                    raise WrongFileError(f"{p.name}: tensor {key} contains NaN or infinite values; the file is corrupt "
+                                         "— download it again")
+            count += len(f.keys)
+    return count
 
 
 def load_fusion_model(
@@ -253,6 +280,7 @@ def load_fusion_model(
     attention: str = "sdpa",
     check_finite: bool = False,
     operations=None,
+    info: CheckpointInfo | None = None,
 ) -> tuple[OviFusion, LoadInfo]:
     """Load a fused checkpoint into an OviFusion, tensor by tensor (memory-mapped: no copy when the stored dtype is
     the one kept and the device is the CPU).
@@ -262,21 +290,17 @@ def load_fusion_model(
     upcast per layer when used; halves memory at some quality cost, as the reference's fp8 file).
     check_finite: scan every tensor for NaN/Inf (reads the whole file during the load; check-weights does it).
     operations: the layer classes to build the model from (see OviFusion).
+    info: the file's inspect_checkpoint, when the caller already has it (the header is not read again).
+    path may be either half of a split model (kijai's video / audio tower files): the other half is found next to it.
+    Scaled fp8 weights (a per-layer scale) are dequantised to the compute dtype as they are read.
     """
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
-    info = inspect_checkpoint(path)
+    if info is None:
+        info = inspect_checkpoint(path)
     check_is_fusion_checkpoint(info)
     cfg = config or config_from_checkpoint(info)
-    if variant is not None:
-        from ovi_core.config import get_variant
-
-        variant_name, source = get_variant(variant).name, "argument"
-    else:
-        variant_name, source = detect_variant(info)
-        if source == "default":
-            log.warning("%s: cannot tell the variant from the file name; assuming %s (set it explicitly if wrong)",
-                        info.path.name, variant_name)
+    variant_name, source = resolve_variant(info, variant)
     with torch.device("meta"):
         model = OviFusion(cfg, operations=operations)
     _check_keys(model, info)
@@ -303,10 +327,21 @@ def load_fusion_model(
         module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         total_bytes += tensor.numel() * tensor.element_size()
 
-    with CheckpointFile(info.path) as f:
+    files = {p: CheckpointFile(p) for p in {info.path, *info.files.values()}}
+    try:
         for name, file_key in info.file_keys.items():
             interrupt.check("loading the model weights")
-            place(name, f.get(file_key))
+            tensor = files[info.file_of(name)].get(file_key)
+            if name in info.scales:  # scaled fp8: weight x scale, in the compute dtype
+                scale_path, scale_key = info.scales[name]
+                scale = files.setdefault(scale_path, CheckpointFile(scale_path)).get(scale_key).float()
+                if scale.numel() > 1:
+                    scale = scale.reshape(tensor.shape[0], *([1] * (tensor.dim() - 1)))
+                tensor = (tensor.float() * scale).to(dtype)
+            place(name, tensor)
+    finally:
+        for f in files.values():
+            f.close()
 
     model.set_compute_dtype(dtype)
     model.set_attention_backend(attention)
