@@ -295,7 +295,10 @@ def test_bad_arguments_of_the_encode_functions(encoder):
     with pytest.raises(OviInputError, match="num_latents"):
         encode_audio(encoder, wave, 16000, num_latents=0)
     with pytest.raises(OviInputError, match=r"\[batch, channels, samples\]"):
-        encode_audio_batch(encoder, wave, 16000, "720x720_5s")
+        encode_audio_batch(encoder, wave[None, None], 16000, "720x720_5s")
+    # [C, N] is one clip (ovi_core.media.audio_layout): the same latent as [1, C, N]
+    assert torch.equal(encode_audio_batch(encoder, wave, 16000, "720x720_5s"),
+                       encode_audio_batch(encoder, wave[None], 16000, "720x720_5s"))
     with pytest.raises(OviInputError, match="9 channels"):
         encode_audio_batch(encoder, torch.zeros(1, 9, 100), 16000, "720x720_5s")
     with pytest.raises(OviInputError, match="too short"):
