@@ -753,7 +753,6 @@ def cmd_generate(args) -> int:
 def _generate(args, entries, paths, ignored, group) -> int:
     from ovi_core.demo import demo_notice
     from ovi_core.pipeline import GenerationRequest
-    from ovi_core.sampler import check_settings
 
     pipe = make_pipeline(args, paths, group)
     if args.compile:  # the fusion model is compiled as it loads
@@ -765,8 +764,7 @@ def _generate(args, entries, paths, ignored, group) -> int:
                          audio_guidance=args.audio_guidance, slg_layer=args.slg_layer, seed=args.seed,
                          sync_guidance=args.sync_guidance, sync_cut=args.sync_cut,
                          cache_threshold=args.cache_threshold)
-    check_settings(base.solver, base.steps, base.shift, base.video_guidance, base.audio_guidance, base.slg_layer,
-                   base.seed + args.repeat - 1, num_layers=pipe.num_layers)
+    knobs.check_sampling(pipe.num_layers, **replace(base, seed=base.seed + args.repeat - 1).as_kwargs())
     check_size(args, pipe)
     jobs = make_jobs(entries, args, base.seed)
     prepare_outputs(jobs, args.overwrite)

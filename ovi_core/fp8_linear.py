@@ -15,8 +15,7 @@ import torch.nn.functional as F
 
 from .checkpoint_io import CheckpointFile
 from .errors import WrongFileError
-
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+from .knobs import is_fp8
 
 
 def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
@@ -33,7 +32,7 @@ class Fp8Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor | float = 1.0):
         super().__init__()
-        assert weight.dtype in FP8_DTYPES and weight.ndim == 2
+        assert is_fp8(weight.dtype) and weight.ndim == 2
         self.out_features, self.in_features = weight.shape
         self.fp8_dtype = weight.dtype
         # kept as uint8 so that Module.to(dtype) / .half() never converts it

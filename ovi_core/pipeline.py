@@ -38,16 +38,14 @@ from typing import Any
 
 import torch
 
+from ovi_core import knobs
 from ovi_core.config import Variant, get_variant
 from ovi_core.errors import OviError, OviInputError, OviInterrupted
 from ovi_core.media import clip_to_images, first_frame
 from ovi_core.sampler import (
-    DEFAULT_AUDIO_NEGATIVE_PROMPT,
-    DEFAULT_VIDEO_NEGATIVE_PROMPT,
     PromptEmbeddings,
     SamplingSettings,
     StepCallback,
-    check_settings,
     sample_joint,
 )
 
@@ -83,8 +81,8 @@ class GenerationRequest:
     height: int | None = None
     width: int | None = None
     settings: SamplingSettings | None = None
-    video_negative_prompt: str = DEFAULT_VIDEO_NEGATIVE_PROMPT
-    audio_negative_prompt: str = DEFAULT_AUDIO_NEGATIVE_PROMPT
+    video_negative_prompt: str = knobs.VIDEO_NEGATIVE.default
+    audio_negative_prompt: str = knobs.AUDIO_NEGATIVE.default
 
 
 @dataclass
@@ -386,8 +384,8 @@ class OviPipeline:
         *,
         height: int | None = None,
         width: int | None = None,
-        video_negative_prompt: str = DEFAULT_VIDEO_NEGATIVE_PROMPT,
-        audio_negative_prompt: str = DEFAULT_AUDIO_NEGATIVE_PROMPT,
+        video_negative_prompt: str = knobs.VIDEO_NEGATIVE.default,
+        audio_negative_prompt: str = knobs.AUDIO_NEGATIVE.default,
         settings: SamplingSettings | None = None,
         progress: ProgressCallback | None = None,
         step_callback: StepCallback | None = None,
@@ -536,8 +534,7 @@ class OviPipeline:
                                 "<AUDCAP>...<ENDAUDCAP> or a final 'Audio: ...')")
         row.settings = req.settings if req.settings is not None else self.default_settings
         s = row.settings
-        check_settings(s.solver, s.steps, s.shift, s.video_guidance, s.audio_guidance, s.slg_layer, s.seed,
-                       num_layers=self.num_layers)
+        knobs.check_sampling(self.num_layers, **s.as_kwargs())
         check_negative_prompt(req.video_negative_prompt, "video")
         check_negative_prompt(req.audio_negative_prompt, "audio")
         row.prompt = format_prompt_for_variant(req.prompt, self.variant)

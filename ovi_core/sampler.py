@@ -43,15 +43,11 @@ import torch
 
 from ovi_core import interrupt, knobs
 from ovi_core.errors import OviInputError, OviInterrupted
-from ovi_core.knobs import MAX_SEED, SOLVERS, SYNC_CUTS, check_sampling
+from ovi_core.knobs import check_sampling
 from ovi_core.schedulers import make_scheduler
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_VIDEO_NEGATIVE_PROMPT = knobs.VIDEO_NEGATIVE.default
-DEFAULT_AUDIO_NEGATIVE_PROMPT = knobs.AUDIO_NEGATIVE.default
-
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -102,23 +98,6 @@ StepCallback = Callable[[int, int, StepLatents], None]  # (steps done 1..total, 
 
 
 # ---- argument checks ---------------------------------------------------------------------------------------------
-# The checks themselves are ovi_core.knobs.check_sampling; these keep the sampler's positional signatures.
-def check_settings(solver, steps, shift, video_guidance, audio_guidance, slg_layer, seed=None, num_layers=None):
-    """Raise OviInputError naming the first bad sampling argument (the model depth bounds slg_layer if given)."""
-    check_sampling(num_layers, solver=solver, steps=steps, shift=shift, video_guidance=video_guidance,
-                   audio_guidance=audio_guidance, slg_layer=slg_layer, **({} if seed is None else {"seed": seed}))
-
-
-def check_sync(scale, cut) -> None:
-    """Raise OviInputError for a bad sync-guidance scale or cut."""
-    check_sampling(sync_guidance=scale, sync_cut=cut)
-
-
-def check_cache_threshold(threshold) -> None:
-    """Raise OviInputError for a bad step-cache threshold."""
-    check_sampling(cache_threshold=threshold)
-
-
 def sync_targets(cut: str) -> tuple[bool, bool]:
     """(video, audio): the modalities whose input a cut removes, the ones sync guidance pushes."""
     return cut in ("both", "audio_to_video"), cut in ("both", "video_to_audio")
@@ -256,7 +235,7 @@ class StepCache:
     and audio velocities."""
 
     def __init__(self, threshold: float, steps: int):
-        check_cache_threshold(threshold)
+        check_sampling(cache_threshold=threshold)
         self.threshold, self.steps = float(threshold), steps
         self.skipped = 0
         self.last = None  # (step, video velocity, audio velocity) of the last computed step
@@ -328,8 +307,9 @@ def sample_joint(
     cache_threshold: the step cache (module docstring); 0 = off. ``cache``: a StepCache to use instead (to read its
       ``skipped`` count afterwards); it overrides ``cache_threshold``.
     """
-    check_settings(solver, steps, shift, video_guidance, audio_guidance, slg_layer, seed, _num_layers(model))
-    check_sync(sync_guidance, sync_cut)
+    check_sampling(_num_layers(model), solver=solver, steps=steps, shift=shift, video_guidance=video_guidance,
+                   audio_guidance=audio_guidance, slg_layer=slg_layer, sync_guidance=sync_guidance, sync_cut=sync_cut,
+                   **({} if seed is None else {"seed": seed}))  # no seed: the caller gives the noise
     cache = StepCache(cache_threshold, steps) if cache is None else cache
     if not isinstance(text, PromptEmbeddings):
         raise OviInputError(
@@ -439,18 +419,10 @@ def _with_first_frame(video: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "DEFAULT_AUDIO_NEGATIVE_PROMPT",
-    "DEFAULT_VIDEO_NEGATIVE_PROMPT",
-    "MAX_SEED",
     "PromptEmbeddings",
-    "SOLVERS",
-    "SYNC_CUTS",
     "SamplingSettings",
     "StepCache",
     "StepLatents",
-    "check_cache_threshold",
-    "check_settings",
-    "check_sync",
     "make_noise",
     "sample_joint",
 ]

@@ -207,11 +207,10 @@ class DPMPlusPlusScheduler(FlowScheduler):
 # --solver, the nodes' solver inputs and the checks read this table (through ovi_core.knobs.SOLVERS).
 SCHEDULERS: dict[str, type[FlowScheduler]] = {cls.name: cls for cls in (UniPCScheduler, EulerScheduler,
                                                                         DPMPlusPlusScheduler)}
-SOLVERS = tuple(SCHEDULERS)
 
 
 def make_scheduler(solver: str, num_steps: int, shift: float = 5.0) -> FlowScheduler:
-    """A ready scheduler (``set_timesteps`` done) for ``solver`` in ``SOLVERS``."""
+    """A ready scheduler (``set_timesteps`` done) for ``solver``, a name in ``SCHEDULERS``."""
     check_schedule_args(solver, num_steps, shift)
     scheduler = SCHEDULERS[solver](shift)
     scheduler.set_timesteps(num_steps)

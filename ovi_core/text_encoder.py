@@ -28,7 +28,8 @@ import torch.nn as nn
 
 from . import interrupt
 from .errors import OviInputError, WrongFileError
-from .fp8_linear import FP8_DTYPES, Fp8Linear, _quantized_layers, dequantize_fp8
+from .fp8_linear import Fp8Linear, _quantized_layers, dequantize_fp8
+from .knobs import is_fp8
 from .text_tokenizers import (
     ByteTokenizer,
     PromptTokenizer,
@@ -106,7 +107,7 @@ def _check_between_layers(model: nn.Module) -> nn.Module:
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor, fp8_scale: torch.Tensor | None = None) -> None:
     """Put a loaded tensor in place of a meta parameter; a float8 Linear weight replaces its Linear by an Fp8Linear."""
     module_name, _, leaf = name.rpartition(".")
-    if tensor.dtype in FP8_DTYPES:
+    if is_fp8(tensor.dtype):
         parent_name, _, child = module_name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, Fp8Linear(tensor, 1.0 if fp8_scale is None else fp8_scale))
         return
@@ -141,7 +142,7 @@ def load_umt5_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype 
             dtype_name = str(t.dtype).removeprefix("torch.")
             info.weight_dtypes[dtype_name] = info.weight_dtypes.get(dtype_name, 0) + 1
             scale_key = quantized.get(key.removesuffix(".weight"), (None, None))[1]
-            if t.dtype in FP8_DTYPES:
+            if is_fp8(t.dtype):
                 info.fp8_layers += 1
                 scale = f.get(scale_key).float() if scale_key else torch.tensor(1.0)
                 if keep_fp8 and name.endswith(_LINEAR_LEAVES):

@@ -11,10 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from conformance.cases import sampling
+from ovi_core import knobs
 from ovi_core.errors import OviInputError, OviInterrupted
 from ovi_core.sampler import (
-    DEFAULT_AUDIO_NEGATIVE_PROMPT,
-    DEFAULT_VIDEO_NEGATIVE_PROMPT,
     PromptEmbeddings,
     SamplingSettings,
     make_noise,
@@ -241,8 +240,8 @@ def test_default_settings_are_the_reference_defaults():
     s = SamplingSettings()
     settings = (s.solver, s.steps, s.shift, s.video_guidance, s.audio_guidance, s.slg_layer)
     assert settings == ("unipc", 50, 5.0, 4.0, 3.0, 11)
-    assert DEFAULT_VIDEO_NEGATIVE_PROMPT == "jitter, bad hands, blur, distortion"
-    assert DEFAULT_AUDIO_NEGATIVE_PROMPT == "robotic, muffled, echo, distorted"
+    assert knobs.VIDEO_NEGATIVE.default == "jitter, bad hands, blur, distortion"
+    assert knobs.AUDIO_NEGATIVE.default == "robotic, muffled, echo, distorted"
     assert set(s.as_kwargs()) == {"solver", "steps", "shift", "video_guidance", "audio_guidance", "slg_layer", "seed",
                                  "sync_guidance", "sync_cut", "cache_threshold"}
     assert (s.sync_guidance, s.sync_cut) == (0.0, "both")  # off

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from ovi_core.errors import OviInputError
-from ovi_core.schedulers import SOLVERS, dpm_sigmas, make_scheduler, unipc_sigmas
+from ovi_core.knobs import SOLVERS
+from ovi_core.schedulers import dpm_sigmas, make_scheduler, unipc_sigmas
 
 CASES = {0: "unipc", 1: "unipc", 2: "euler"}
 
