@@ -39,9 +39,9 @@ class Header:
     """Key names, shapes and dtypes (as stored: "BF16" or "torch.bfloat16") of a file or an in-memory state dict."""
 
     name: str  # the file name (or "state dict"), for messages
-    shapes: Mapping[str, tuple[int, ...]]
-    dtypes: Mapping[str, str]
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] = field(repr=False)  # thousands of keys: kept out of reprs
+    dtypes: Mapping[str, str] = field(repr=False)
+    metadata: Mapping[str, str] = field(default_factory=dict, repr=False)
     format: str = "safetensors"
     path: Path | None = None
 
@@ -217,7 +217,7 @@ class Identified:
     """A file (or state dict) matched to a row of KINDS: ``prefix`` is the wrapper prefix its keys carry."""
 
     kind: FileKind
-    header: Header
+    header: Header = field(repr=False)  # thousands of keys: not in a log line or a traceback
     prefix: str = ""
 
     @property
