@@ -28,12 +28,8 @@ def _native_nodes() -> list:
     """Ovi Empty Latent, Ovi Guider, Ovi Scheduler, Ovi Sampler Select, Ovi Noise: ComfyUI only."""
     if not (bridge.HAVE_COMFY and bridge.HAVE_COMFY_API):
         return []
-    try:
-        from .native_nodes import NATIVE_NODES
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.native_nodes":
-            return []
-        raise
+    from .native_nodes import NATIVE_NODES  # builds on ComfyUI's classes: imported only with ComfyUI
+
     return list(NATIVE_NODES)
 
 

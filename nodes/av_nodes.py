@@ -37,6 +37,7 @@ from comfy_api.latest import io
 
 from ovi_core import knobs
 from ovi_core.audio_input import encode_audio_batch
+from ovi_core.config import FPS
 from ovi_core.errors import OviInputError
 from ovi_core.media import clip_to_images, images_to_clip
 from ovi_core.sizes import VAE_STRIDE, check_clip_size
@@ -44,13 +45,13 @@ from ovi_core.sizes import VAE_STRIDE, check_clip_size
 from . import bridge, native_nodes
 from . import native_model as native
 from .bridge import knob_input
-from .convert import audio_from_comfy, audio_latent_to_comfy, video_latent_to_comfy
+from .convert import audio_from_comfy, audio_latent_to_comfy, states_to_conditioning, video_latent_to_comfy
 from .handles import OviAudioVAEType, OviVideoVAEType
+from .sampling import encode_start_image
 
 log = logging.getLogger(__name__)
 
 CATEGORY = "Ovi/native"
-OVI_FPS = 24
 
 
 # ---- rules ---------------------------------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def check_frames(images, what: str = "images") -> torch.Tensor:
     return images
 
 
-def frame_grid(source_frames: int, fps: float, frames: int, out_fps: int = OVI_FPS) -> tuple[list[int], int, int]:
+def frame_grid(source_frames: int, fps: float, frames: int, out_fps: int = FPS) -> tuple[list[int], int, int]:
     """(source index of each of ``frames`` output frames, frames padded by repeating the last, source frames cut).
 
     Nearest frame in time: output frame i at i / out_fps s takes source frame floor(i * fps / out_fps + 1/2)
@@ -96,7 +97,7 @@ def fit_frames(images: torch.Tensor, fps: float, frames: int) -> torch.Tensor:
     n = images.shape[0]
     index, padded, cut = frame_grid(n, fps, frames)
     src = f"{n} frames at {fps:g} fps ({n / fps:.3f} s)"
-    window = f"{frames} frames at {OVI_FPS} fps ({frames / OVI_FPS:.3f} s)"
+    window = f"{frames} frames at {FPS} fps ({frames / FPS:.3f} s)"
     if padded or cut:
         what = []
         if padded:
@@ -315,7 +316,6 @@ class OviAVLatentFromParts(io.ComfyNode):
     @classmethod
     def execute(cls, width, height, length, keep_video, keep_audio, video=None, audio=None, start_image=None,
                 video_vae=None) -> io.NodeOutput:
-        from .sampling import encode_start_image
 
         start = None
         if start_image is not None:
@@ -350,7 +350,6 @@ def sample_masked(model, text, seed, steps, solver, shift, video_guidance, audio
     exact solver (ovi_sampler), Ovi's noise for the seed and Ovi's guidance — what SamplerCustomAdvanced + Ovi Guider
     + Ovi Sampler Select + Ovi Scheduler + Ovi Noise compute. Kept elements come back bit for bit.
     -> (video LATENT, audio LATENT, joint LATENT), raw Wan2.2 video as everywhere in the pack."""
-    from .convert import states_to_conditioning
 
     patched = _with_shift(model, float(shift)).clone()
     patched.model_options.setdefault("transformer_options", {})[native.SLG_OPTION] = max(int(slg_layer), 0)

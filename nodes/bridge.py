@@ -24,7 +24,8 @@ from ovi_core.knobs import COMPUTE_DTYPES, Knob
 
 log = logging.getLogger(__name__)
 
-try:  # every ComfyUI import of the pack goes through here (and the root __init__.py)
+try:  # the ComfyUI services the plain nodes use go through here; only the native-path modules (native_model.py,
+     # native_nodes.py, av_nodes.py), which build on ComfyUI's own classes, import comfy themselves
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.utils

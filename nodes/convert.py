@@ -2,7 +2,7 @@
 into a message a user can act on. Pictures and sound themselves are converted by ovi_core.media (first frame,
 frames <-> IMAGE, waveform layouts), the same code as the CLI's; here only ComfyUI's dicts are packed and unpacked.
 
-LATENT layouts produced and accepted by the pack (documented in docs_nodes.md):
+LATENT layouts produced and accepted by the pack (README, "What travels between nodes"):
 - video: ``{"samples": [B, 48, F, H/16, W/16]}`` — ComfyUI's Wan2.2 layout, i.e. the *raw* Wan2.2 VAE latent
   (ComfyUI normalises it inside the model, ``latent_formats.Wan22.process_in``), so core's VAEDecode with
   ``wan2.2_vae.safetensors`` decodes it too. ovi_core works on the normalised latent (raw - mean) / std.
@@ -20,12 +20,12 @@ import torch
 from ovi_core.errors import OviInputError
 from ovi_core.media import audio_layout
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS, check_clip_size
+from ovi_core.text_encoder import TEXT_LEN
 from ovi_core.wan_vae import WAN22_LATENT_MEAN, WAN22_LATENT_STD
 
 log = logging.getLogger(__name__)
 
 TEXT_DIM = 4096  # umT5-XXL
-TEXT_LEN = 512
 
 
 def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ovi_core.config import FPS
 from ovi_core.errors import OviInputError
 from ovi_core.media import clip_to_images, images_to_clip
 from ovi_core.mmaudio_vae import SAMPLE_RATE, SAMPLES_PER_LATENT
@@ -35,14 +36,13 @@ from ovi_core.sizes import VIDEO_LATENT_CHANNELS
 
 from . import bridge
 from .bridge import io
-from .convert import audio_from_comfy, audio_to_comfy
+from .convert import audio_from_comfy, audio_to_comfy, joint_latent_parts, video_latent_to_comfy
 from .handles import OviVideoVAEType
 
 log = logging.getLogger(__name__)
 CoreVAEType = io.Custom("VAE")
 
 CATEGORY = "Ovi/extend"
-FPS = 24  # Ovi's frame rate
 FRAMES_PER_LATENT = 4  # Wan2.2 VAE: latent 0 = frame 0, then 4 frames each
 OVERLAP_STEP = 0.5  # seconds = 12 frames = 3 video latents: whole frames and whole samples at common rates
 MAX_OVERLAP = 9.5
@@ -104,7 +104,6 @@ def plan_seam(video_latents: int, audio_latents: int, overlap_seconds: float) ->
 
 # ---- the next window's latent --------------------------------------------------------------------------------------
 def _joint(latent) -> tuple[torch.Tensor, torch.Tensor]:
-    from .convert import joint_latent_parts
 
     video, audio = joint_latent_parts(latent, "the previous window's joint audio+video LATENT (the output of "
                                       "SamplerCustomAdvanced / KSampler / Ovi Sampler's latent), not a video or audio "
@@ -152,7 +151,6 @@ def _encode_start(frames: torch.Tensor, video_vae, vae, device) -> torch.Tensor:
     """[1, 3, 4m+1, H, W] in [-1, 1] -> the raw Wan2.2 latent [1, 48, m+1, h, w]: with Ovi's video VAE
     (OVI_VIDEO_VAE, normalised output) or core's VAE (VAELoader with wan2.2_vae; raw output)."""
 
-    from .convert import video_latent_to_comfy
 
     if video_vae is not None:
         return video_latent_to_comfy(video_vae.acquire().encode(frames), device)["samples"]

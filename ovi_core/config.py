@@ -157,6 +157,9 @@ def _tower_to_kwargs(t: TowerConfig) -> dict:
     }
 
 
+FPS = 24  # every released variant's frame rate (the reference saves its mp4s at 24 fps)
+
+
 @dataclass(frozen=True)
 class Variant:
     """A released checkpoint: same architecture, different clip length, target area and caption form."""
@@ -167,7 +170,7 @@ class Variant:
     audio_latent_length: int  # MMAudio latents; samples = 512 * n at 16 kHz
     target_area: int  # height * width the model was trained at
     caption_style: Literal["audcap", "audio_colon"]  # <AUDCAP>...<ENDAUDCAP> or a trailing "Audio: ..."
-    fps: int = 24
+    fps: int = FPS
 
     @property
     def num_frames(self) -> int:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ovi_core.errors import OviInputError
 from ovi_core.images import pil_to_rgb, read_image
-from ovi_core.sizes import image_size_for_area
+from ovi_core.sizes import check_side, image_size_for_area
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +111,6 @@ def image_to_rgb(image, name: str = "image") -> torch.Tensor:
 
 
 # ---- the size rule -----------------------------------------------------------------------------------------------
-def _check_side(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise OviInputError(f"{name} must be a positive whole number of pixels, got {value!r}")
-    return int(value)
-
-
 def is_original_size(h: int, w: int, width: int, height: int, target_area: int | None = None) -> bool:
     """True when (height, width) is the size the original's rule gives an h x w picture (at width·height or at
     ``target_area``): such a picture is resized whole; any other is centre-cropped to width:height first."""
@@ -139,7 +133,7 @@ def centre_crop(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
 def fit_to_size(x: torch.Tensor, width: int, height: int, target_area: int | None = None) -> torch.Tensor:
     """Pictures [N, 3, h, w] (any range) -> [N, 3, height, width]: the module's size rule (whole when it is the
     original's size for them, else centre-cropped to width:height), then bicubic without antialias, not clamped."""
-    width, height = _check_side("width", width), _check_side("height", height)
+    width, height = check_side("width", width), check_side("height", height)
     h, w = x.shape[-2:]
     if not is_original_size(h, w, width, height, target_area):
         x = centre_crop(x, width, height)
@@ -165,7 +159,7 @@ def first_frame(image, width: int | None = None, height: int | None = None, targ
         height, width = image_size_for_area(h, w, target_area)
         how = "resized"
     else:
-        width, height = _check_side("width", width), _check_side("height", height)
+        width, height = check_side("width", width), check_side("height", height)
         how = "resized" if is_original_size(h, w, width, height, target_area) else "centre-cropped and resized"
     x = fit_to_size(x, width, height, target_area)
     logger.info("first frame: %dx%d %s %s to %dx%d", w, h, name, how, width, height)

@@ -10,7 +10,8 @@
 One generation runs in four stages, and each model is loaded only for its stage and freed after it, so the peak
 memory is the largest model, not the sum (the text encoder is gone before the fusion model is loaded):
   1. text encoder: the prompt (rewritten to the model's caption spelling) and the two negative prompts;
-  2. video VAE encoder (image-to-video only): the first frame, resized as the reference does, to a latent;
+  2. video VAE encoder (image-to-video only): the first frame (ovi_core.media.first_frame: the reference's resize,
+     after a centre crop when a size with another aspect ratio is asked for) to a latent;
   3. fusion model: the joint audio+video sampler;
   4. video VAE decoder and audio decoder (MMAudio VAE + BigVGAN): frames [T, H, W, 3] and audio [1, N].
 ``generate_batch`` runs many requests through the same four stages, so each model is loaded once per batch; a

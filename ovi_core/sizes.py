@@ -48,7 +48,7 @@ class LatentShapes:
         return f * (h // 2) * (w // 2)
 
 
-def _check_side(name: str, value) -> int:
+def check_side(name: str, value) -> int:
     whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not whole:
         raise OviInputError(f"{name} must be a whole number of pixels, got {value!r}")
@@ -71,7 +71,7 @@ def snap_to_area(height: int, width: int, target_area: int) -> tuple[int, int]:
 
     Exactly the reference's rule: scale = sqrt(area / (h·w)); h, w = round(h·scale), round(w·scale);
     side = max(32, round(side / 32)·32), with Python's round-half-even at both roundings."""
-    height, width = _check_side("height", height), _check_side("width", width)
+    height, width = check_side("height", height), check_side("width", width)
     target_area = _check_area(target_area)
     scale = math.sqrt(target_area / float(height * width))
     h, w = int(round(height * scale)), int(round(width * scale))
@@ -109,7 +109,7 @@ def image_size_for_area(height: int, width: int, target_area: int, multiple: int
     Candidates: rows p = p0−3..p0+3 around p0 = round(sqrt(units / ratio)) (units = area // 32², ratio = w/h), each
     with columns round(p·ratio); plus the plain scale-and-round size. The winner has the area closest to the
     target, then the aspect ratio closest to the image's."""
-    height, width = _check_side("image height", height), _check_side("image width", width)
+    height, width = check_side("image height", height), check_side("image width", width)
     target_area = _check_area(target_area)
     ratio = width / float(height)
     units = max(1, target_area // (multiple * multiple))

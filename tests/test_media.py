@@ -226,8 +226,10 @@ def test_bad_pictures_are_refused_with_a_message(tmp_path):
         first_frame(torch.rand(8, 8, 3), width=64)
     with pytest.raises(OviInputError, match="target_area"):
         first_frame(torch.rand(8, 8, 3))
-    with pytest.raises(OviInputError, match="width must be a positive whole number"):
+    with pytest.raises(OviInputError, match="width must be between 1 and 16384 pixels, got 0"):
         first_frame(torch.rand(8, 8, 3), 0, 64)
+    with pytest.raises(OviInputError, match="height must be a whole number of pixels, got 64.5"):
+        first_frame(torch.rand(8, 8, 3), 64, 64.5)
 
 
 def test_every_input_form_gives_the_same_picture(tmp_path, caplog):
