@@ -50,7 +50,6 @@ VIDEO_VAE_FOLDERS = ("vae", "ovi")
 AUDIO_VAE_FOLDERS = ("mmaudio", "ovi", "vae")
 VOCODER_IN_VAE_FILE = "(inside the VAE file)"
 DEMO_SLG_LAYER = DEMO_SETTINGS.slg_layer  # the demo model has 3 fused blocks; Ovi's 11 is for the 30-block model
-SLG_LAYER = knobs.SLG_LAYER.default
 
 
 def _stored_dtype(info, weight_dtype: str, compute: torch.dtype) -> torch.dtype:
@@ -85,7 +84,7 @@ def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: 
     net, info = load_fusion_model(path, device=devices.offload, dtype=dtype, weight_dtype=weight_dtype,
                                   variant=None if variant == "auto" else variant, attention=attention, operations=ops,
                                   info=found)
-    return make_model(net, get_variant(info.variant), model_name, devices, SLG_LAYER)
+    return make_model(net, get_variant(info.variant), model_name, devices, knobs.SLG_LAYER.default)
 
 
 class OviModelLoader(io.ComfyNode):

@@ -52,8 +52,6 @@ from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SHIFT = 5.0
-DEFAULT_SLG_LAYER = 11
 AUDIO_CONTEXT_KEY = "ovi_audio_context"  # optional CONDITIONING dict entry: the audio tower's own text states
 SLG_OPTION = "ovi_slg_layer"  # transformer_options entry overriding the model's skip layer (0 or -1 = off)
 TIMESTEP_OPTION = "ovi_timestep"  # transformer_options entry: the exact model timestep of this step (Ovi's solvers)
@@ -77,7 +75,7 @@ class OviAVLatentFormat(comfy.latent_formats.Wan22):
 class OviAVConfig(comfy.supported_models_base.BASE):
     unet_config = {"image_model": "ovi", "disable_unet_model_creation": True}
     unet_extra_config = {}
-    sampling_settings = {"shift": DEFAULT_SHIFT, "multiplier": 1000}
+    sampling_settings = {"shift": knobs.SHIFT.default, "multiplier": 1000}
     latent_format = OviAVLatentFormat
     memory_usage_factor = 1.0
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
@@ -170,7 +168,8 @@ def _pad_text(context: torch.Tensor, text_len: int, name: str) -> torch.Tensor:
 class OviAV(comfy.model_base.BaseModel):
     """Ovi's fused audio+video DiT for ComfyUI's samplers: flow prediction over the packed joint latent."""
 
-    def __init__(self, model_config: OviAVConfig, fusion: OviFusion, slg_layer: int = DEFAULT_SLG_LAYER, device=None):
+    def __init__(self, model_config: OviAVConfig, fusion: OviFusion, slg_layer: int = knobs.SLG_LAYER.default,
+                 device=None):
         super().__init__(model_config, comfy.model_base.ModelType.FLOW, device=device)
         self.diffusion_model = fusion
         self.slg_layer = slg_layer
@@ -322,8 +321,9 @@ def _outer_sample_wrapper(executor, noise, latent_image, sampler, sigmas, denois
     return out
 
 
-def build_model_patcher(fusion: OviFusion, *, slg_layer: int = DEFAULT_SLG_LAYER, shift: float = DEFAULT_SHIFT,
-                        load_device=None, offload_device=None) -> comfy.model_patcher.ModelPatcher:
+def build_model_patcher(fusion: OviFusion, *, slg_layer: int = knobs.SLG_LAYER.default,
+                        shift: float = knobs.SHIFT.default, load_device=None,
+                        offload_device=None) -> comfy.model_patcher.ModelPatcher:
     """A ComfyUI MODEL (ModelPatcher over OviAV) around an ovi_core OviFusion."""
     config = OviAVConfig(OviAVConfig.unet_config)  # BASE.__init__ keeps a copy of the dict it is given
     config.sampling_settings["shift"] = float(shift)
@@ -360,7 +360,7 @@ class OviNoise:
         return comfy.nested_tensor.NestedTensor((torch.stack(vs), torch.stack(as_)))
 
 
-def ovi_sigmas(solver: str, steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+def ovi_sigmas(solver: str, steps: int, shift: float = knobs.SHIFT.default) -> torch.Tensor:
     """Ovi's exact σ list for ``solver`` (unipc / euler / dpm++), float32, ending in 0: SIGMAS for core samplers."""
 
     return make_scheduler(solver, steps, shift).sigmas.to(torch.float32).clone()
@@ -422,13 +422,14 @@ class OviGuider(comfy.samplers.CFGGuider):
     Sync guidance (``sync_scale`` > 0): one more positive pass with the video↔audio fusion attention cut
     (``sync_cut``, ovi_core.knobs.SYNC_CUTS) and ``+ s·(pos − cut)`` on the modalities whose input was cut. On the
     denoised estimates this is the same as ``v + s·(v_pos − v_cut)`` on velocities (x0 = x − σ·v, one σ). 0 = off:
-    no extra pass."""
+    no extra pass.
+
+    The values are taken as given: its callers check them where they enter (the Ovi Guider node, Ovi Sampler)."""
 
     def __init__(self, model_patcher, video_cfg: float = knobs.VIDEO_GUIDANCE.default,
                  audio_cfg: float = knobs.AUDIO_GUIDANCE.default, sync_scale: float = knobs.SYNC_GUIDANCE.default,
                  sync_cut: str = knobs.SYNC_CUT.default):
         super().__init__(model_patcher)
-        knobs.check_sampling(sync_guidance=sync_scale, sync_cut=sync_cut)
         self.video_cfg, self.audio_cfg = float(video_cfg), float(audio_cfg)
         self.sync_scale, self.sync_cut = float(sync_scale), sync_cut
 

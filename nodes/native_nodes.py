@@ -171,7 +171,7 @@ class OviScheduler(io.ComfyNode):
                 knob_input(knobs.SOLVER, extra="Whose σ list: use the same solver in Ovi Sampler Select (or core "
                                                "euler with the euler list)."),
                 knob_input(knobs.STEPS),
-                knob_input(knobs.SHIFT, extra="Ovi Sampler Select's solvers need the model's shift (5.0 unless "
+                knob_input(knobs.SHIFT, extra=f"Ovi Sampler Select's solvers need the model's shift ({knobs.SHIFT.default} unless "
                                               "ModelSamplingSD3 changed it)."),
             ],
             outputs=[io.Sigmas.Output(tooltip="steps + 1 σ values, ending in 0.")],
@@ -179,8 +179,7 @@ class OviScheduler(io.ComfyNode):
 
     @classmethod
     def execute(cls, solver, steps, shift) -> io.NodeOutput:
-        knobs.check(knobs.SHIFT, shift)
-        return io.NodeOutput(native.ovi_sigmas(solver, steps, float(shift)))
+        return io.NodeOutput(native.ovi_sigmas(solver, steps, shift))  # make_scheduler checks the three
 
 
 class OviSamplerSelect(io.ComfyNode):

@@ -145,31 +145,33 @@ def _int_in(lo: int, hi: int, what: str):
     return parse
 
 
-def _finite_float(what: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number ({what}), got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number ({what}), got {text!r}")
-        return value
+def _knob_value(knob: knobs.Knob):
+    """argparse type of a number knob: the text as the knob's kind, then the knob's own check (knobs.check: its range
+    and its message), so a bad value stops the parse (exit 2) with the message the core gives."""
+    kind = "whole number" if knob.kind is int else "number"
 
-    parse.__name__ = "number"
+    def parse(text: str):
+        try:
+            value = knob.kind(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind} ({knob.help.split(';')[0]}), got {text!r}") from None
+        try:
+            return knobs.check(knob, value)
+        except OviInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = kind
     return parse
 
 
 def add_knob(group, knob: knobs.Knob, note: str = "", **kw) -> None:
-    """``--knob-name``: its choices or checked type, and the help with its default, from ``knob`` (ovi_core.knobs);
-    ``note`` adds what only the command line says. The value is left None when not given (the pipeline's defaults
-    fill it)."""
-    what = knob.help.split(";")[0] + (f", at most {knob.max_text}" if knob.max_text else "")
+    """``--knob-name``: its choices or checked value (``_knob_value``), and the help with its default, from ``knob``
+    (ovi_core.knobs); ``note`` adds what only the command line says. The value is left None when not given (the
+    pipeline's defaults fill it)."""
     if knob.choices:
         kw["choices"] = knob.choices
-    elif knob.kind is int:
-        kw["type"] = _int_in(knob.min, 2**31 - 1 if knob.max is None else knob.max, what)
     else:
-        kw["type"] = _finite_float(f"{what}, {knob.range_text()}")
+        kw["type"] = _knob_value(knob)
     span = f", {knob.min}..{knob.max_text or knob.max}" if knob.kind is int and knob.max is not None else ""
     group.add_argument("--" + knob.name.replace("_", "-"),
                        help=f"{knob.help}{span}{'; ' + note if note else ''} (default {knob.default})", **kw)
@@ -764,7 +766,10 @@ def _generate(args, entries, paths, ignored, group) -> int:
                          audio_guidance=args.audio_guidance, slg_layer=args.slg_layer, seed=args.seed,
                          sync_guidance=args.sync_guidance, sync_cut=args.sync_cut,
                          cache_threshold=args.cache_threshold)
-    knobs.check_sampling(pipe.num_layers, **replace(base, seed=base.seed + args.repeat - 1).as_kwargs())
+    # base is valid once built (and every knob was checked as it was parsed); new here: the model's depth bounds
+    # slg_layer, and --repeat's last seed must still be a seed
+    knobs.check(knobs.SLG_LAYER, base.slg_layer, num_layers=pipe.num_layers)
+    knobs.check(knobs.SEED, base.seed + args.repeat - 1)
     check_size(args, pipe)
     jobs = make_jobs(entries, args, base.seed)
     prepare_outputs(jobs, args.overwrite)

@@ -185,7 +185,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("960x960_10s", "model_960x960_10s.safetensors", 61, 314, 960 * 960, "audio_colon"),
     )
 }
-DEFAULT_VARIANT = "720x720_5s"
+DEFAULT_VARIANT = "720x720_5s"  # the one default (ovi_core.knobs.VARIANT reads it; config cannot import knobs)
 FP8_FILENAME = "model_fp8_e4m3fn.safetensors"  # rkfg/Ovi-fp8_quantized, a 720x720_5s model
 
 

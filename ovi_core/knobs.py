@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ovi_core.attention import BACKENDS
-from ovi_core.config import VARIANTS
+from ovi_core.config import DEFAULT_VARIANT, VARIANTS
 from ovi_core.errors import OviInputError
 from ovi_core.schedulers import SCHEDULERS
 
@@ -136,7 +136,7 @@ SAMPLING: dict[str, Knob] = {k.name: k for k in (SEED, STEPS, SOLVER, SHIFT, VID
                                                 SYNC_GUIDANCE, SYNC_CUT, CACHE_THRESHOLD)}
 
 # the model and the runtime
-VARIANT = Knob("variant", VARIANT_NAMES[0], "which Ovi model: clip length, trained area and caption form", str,
+VARIANT = Knob("variant", DEFAULT_VARIANT, "which Ovi model: clip length, trained area and caption form", str,
                choices=VARIANT_NAMES)
 DTYPE = Knob("dtype", "bf16", "compute dtype of the fusion model and text encoder", str, choices=tuple(COMPUTE_DTYPES))
 VAE_DTYPE = Knob("vae_dtype", "fp32", "the decoders' compute dtype", str, choices=tuple(COMPUTE_DTYPES),

@@ -534,8 +534,8 @@ class OviPipeline:
             raise OviInputError("the prompt is empty; describe the video (speech in <S>...<E>, sound in "
                                 "<AUDCAP>...<ENDAUDCAP> or a final 'Audio: ...')")
         row.settings = req.settings if req.settings is not None else self.default_settings
-        s = row.settings
-        knobs.check_sampling(self.num_layers, **s.as_kwargs())
+        # a SamplingSettings is valid once built; new here is the model's depth, which bounds slg_layer
+        knobs.check(knobs.SLG_LAYER, row.settings.slg_layer, num_layers=self.num_layers)
         check_negative_prompt(req.video_negative_prompt, "video")
         check_negative_prompt(req.audio_negative_prompt, "audio")
         row.prompt = format_prompt_for_variant(req.prompt, self.variant)

@@ -43,8 +43,7 @@ import torch
 
 from ovi_core import interrupt, knobs
 from ovi_core.errors import OviInputError, OviInterrupted
-from ovi_core.knobs import check_sampling
-from ovi_core.schedulers import make_scheduler
+from ovi_core.schedulers import SCHEDULERS
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ class SamplingSettings:
     cache_threshold: float = knobs.CACHE_THRESHOLD.default  # step cache: 0 = off (every step runs the model)
 
     def __post_init__(self):
-        check_sampling(**self.as_kwargs())
+        knobs.check_sampling(**self.as_kwargs())
 
     def as_kwargs(self) -> dict:
         return asdict(self)
@@ -133,7 +132,12 @@ def _check_audio_latent(name: str, x: torch.Tensor) -> torch.Tensor:
 def make_noise(video_shape, audio_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's initial noises: video [48, F, h, w] and audio [L, 20], float32 on the CPU, each from its
     own generator seeded with ``seed`` (so both start from the same random stream)."""
-    check_sampling(seed=seed)
+    knobs.check(knobs.SEED, seed)
+    return _seeded_noise(video_shape, audio_shape, seed)
+
+
+def _seeded_noise(video_shape, audio_shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """make_noise for a seed already checked (sample_joint checks it with the other knobs)."""
     video_shape, audio_shape = tuple(int(s) for s in video_shape), tuple(int(s) for s in audio_shape)
     if len(video_shape) != 4 or video_shape[0] != VIDEO_LATENT_CHANNELS or min(video_shape) < 1:
         raise OviInputError(f"video_shape must be ({VIDEO_LATENT_CHANNELS}, F, h, w), got {video_shape}")
@@ -235,7 +239,7 @@ class StepCache:
     and audio velocities."""
 
     def __init__(self, threshold: float, steps: int):
-        check_sampling(cache_threshold=threshold)
+        knobs.check(knobs.CACHE_THRESHOLD, threshold)  # the threshold's one check (also for a caller's own cache=)
         self.threshold, self.steps = float(threshold), steps
         self.skipped = 0
         self.last = None  # (step, video velocity, audio velocity) of the last computed step
@@ -307,9 +311,10 @@ def sample_joint(
     cache_threshold: the step cache (module docstring); 0 = off. ``cache``: a StepCache to use instead (to read its
       ``skipped`` count afterwards); it overrides ``cache_threshold``.
     """
-    check_sampling(_num_layers(model), solver=solver, steps=steps, shift=shift, video_guidance=video_guidance,
-                   audio_guidance=audio_guidance, slg_layer=slg_layer, sync_guidance=sync_guidance, sync_cut=sync_cut,
-                   **({} if seed is None else {"seed": seed}))  # no seed: the caller gives the noise
+    # 0. the one check of the knobs (cache_threshold: StepCache's; the noise shapes: the noise's)
+    knobs.check_sampling(_num_layers(model), solver=solver, steps=steps, shift=shift, video_guidance=video_guidance,
+                         audio_guidance=audio_guidance, slg_layer=slg_layer, sync_guidance=sync_guidance,
+                         sync_cut=sync_cut, **({} if seed is None else {"seed": seed}))  # no seed: the caller's noise
     cache = StepCache(cache_threshold, steps) if cache is None else cache
     if not isinstance(text, PromptEmbeddings):
         raise OviInputError(
@@ -322,8 +327,11 @@ def sample_joint(
     video, audio = _initial_noise(video_noise, audio_noise, video_shape, audio_shape, seed, device)
     first = _first_frame(first_frame_latent, video, device)
 
-    # 2. one scheduler per modality, identical schedules; the guidance passes (text prepared once)
-    sched_v, sched_a = make_scheduler(solver, steps, shift), make_scheduler(solver, steps, shift)
+    # 2. one scheduler per modality, identical schedules (from the table: solver, steps, shift were checked in 0.);
+    #    the guidance passes (text prepared once)
+    sched_v, sched_a = SCHEDULERS[solver](shift), SCHEDULERS[solver](shift)
+    sched_v.set_timesteps(steps)
+    sched_a.set_timesteps(steps)
     passes = _GuidancePasses(model, text, slg_layer, first is not None, batched_cfg, cache_text)
     logger.info("Ovi sampling: %s, %d steps, shift %g, guidance video %g / audio %g, SLG layer %d, %s, "
                 "video %s, audio %s", solver, steps, shift, video_guidance, audio_guidance, slg_layer,
@@ -377,7 +385,7 @@ def _initial_noise(video_noise, audio_noise, video_shape, audio_shape, seed, dev
             )
         if video_shape is None or audio_shape is None or seed is None:
             raise OviInputError("without noise tensors, video_shape, audio_shape and seed are all needed")
-        video_noise, audio_noise = make_noise(video_shape, audio_shape, seed)
+        video_noise, audio_noise = _seeded_noise(video_shape, audio_shape, seed)  # the seed: checked in 0.
     video = _check_video_latent("video_noise", video_noise).to(device, copy=True)
     audio = _check_audio_latent("audio_noise", audio_noise).to(device, copy=True)
     return video, audio

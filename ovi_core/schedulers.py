@@ -49,24 +49,16 @@ def dpm_sigmas(num_steps: int, shift: float) -> np.ndarray:
     return shift_sigmas(np.linspace(1.0, 0.0, num_steps + 1)[:num_steps], shift)
 
 
-def check_schedule_args(solver: str, num_steps: int, shift: float) -> None:
-    """Raise OviInputError for an unknown solver, a step count out of range or a shift that is not > 0 (the knobs'
-    one check; ovi_core.knobs reads this module's SCHEDULERS table, so it is imported here, not at the top)."""
-    from ovi_core.knobs import check_sampling
-
-    check_sampling(solver=solver, steps=num_steps, shift=shift)
-
-
 class FlowScheduler:
     """Common shape: ``set_timesteps(N)`` fills ``timesteps`` [N] (what the model receives) and ``sigmas`` [N+1]
     (float32, last 0); ``step(velocity, sample)`` advances one step and returns the new sample.
 
-    The step number is implicit (a counter, reset by ``set_timesteps``); the sample may have any shape."""
+    The step number is implicit (a counter, reset by ``set_timesteps``); the sample may have any shape.
+    ``shift`` and the step count are taken as given: ``make_scheduler`` is where they are checked."""
 
     name: str = ""
 
-    def __init__(self, shift: float = 5.0):
-        check_schedule_args(self.name, 1, shift)
+    def __init__(self, shift: float):
         self.shift = float(shift)
         self.timesteps: torch.Tensor | None = None
         self.sigmas: torch.Tensor | None = None
@@ -101,7 +93,6 @@ class UniPCScheduler(FlowScheduler):
     def set_timesteps(self, num_steps: int) -> None:
         from diffusers import UniPCMultistepScheduler
 
-        check_schedule_args(self.name, num_steps, self.shift)
         self._impl = UniPCMultistepScheduler(
             num_train_timesteps=NUM_TRAIN_TIMESTEPS,
             solver_order=2,
@@ -136,7 +127,6 @@ class EulerScheduler(FlowScheduler):
     def set_timesteps(self, num_steps: int) -> None:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        check_schedule_args(self.name, num_steps, self.shift)
         self._impl = FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=self.shift)
         self._impl.set_timesteps(num_steps)
         self._impl.set_begin_index(0)
@@ -162,7 +152,6 @@ class DPMPlusPlusScheduler(FlowScheduler):
     name = "dpm++"
 
     def set_timesteps(self, num_steps: int) -> None:
-        check_schedule_args(self.name, num_steps, self.shift)
         sigmas = dpm_sigmas(num_steps, self.shift)
         self.timesteps = torch.from_numpy(sigmas * NUM_TRAIN_TIMESTEPS).to(torch.int64)  # truncation, like Ovi
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
@@ -209,9 +198,14 @@ SCHEDULERS: dict[str, type[FlowScheduler]] = {cls.name: cls for cls in (UniPCSch
                                                                         DPMPlusPlusScheduler)}
 
 
-def make_scheduler(solver: str, num_steps: int, shift: float = 5.0) -> FlowScheduler:
-    """A ready scheduler (``set_timesteps`` done) for ``solver``, a name in ``SCHEDULERS``."""
-    check_schedule_args(solver, num_steps, shift)
+def make_scheduler(solver: str, num_steps: int, shift: float | None = None) -> FlowScheduler:
+    """A ready scheduler (``set_timesteps`` done) for ``solver``, a name in ``SCHEDULERS``; ``shift`` None: the
+    knob's default (ovi_core.knobs.SHIFT). The one check of the three (OviInputError); the classes take them as given.
+    """
+    from ovi_core import knobs  # knobs reads this module's SCHEDULERS table: imported here, not at the top
+
+    shift = knobs.SHIFT.default if shift is None else shift
+    knobs.check_sampling(solver=solver, steps=num_steps, shift=shift)
     scheduler = SCHEDULERS[solver](shift)
     scheduler.set_timesteps(num_steps)
     return scheduler
