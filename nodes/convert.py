@@ -184,7 +184,7 @@ def conditioning_to_states(conditioning, socket: str) -> torch.Tensor:
     return x[:length].cpu()
 
 
-AUDIO_CONTEXT_KEY = "ovi_audio_context"  # a CONDITIONING entry's audio-tower text (native_model.AUDIO_CONTEXT_KEY)
+AUDIO_CONTEXT_KEY = "ovi_audio_context"  # a CONDITIONING entry's audio-tower text (read by native_model.OviAV)
 
 
 def states_to_conditioning(states: torch.Tensor, **extra) -> list:

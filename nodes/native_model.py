@@ -50,9 +50,10 @@ from ovi_core.sampler import make_noise, sync_targets
 from ovi_core.schedulers import make_scheduler
 from ovi_core.sizes import AUDIO_LATENT_CHANNELS, VIDEO_LATENT_CHANNELS
 
+from .convert import AUDIO_CONTEXT_KEY  # optional CONDITIONING dict entry: the audio tower's own text states
+
 logger = logging.getLogger(__name__)
 
-AUDIO_CONTEXT_KEY = "ovi_audio_context"  # optional CONDITIONING dict entry: the audio tower's own text states
 SLG_OPTION = "ovi_slg_layer"  # transformer_options entry overriding the model's skip layer (0 or -1 = off)
 TIMESTEP_OPTION = "ovi_timestep"  # transformer_options entry: the exact model timestep of this step (Ovi's solvers)
 FUSION_CUT_OPTION = "ovi_fusion_cut"  # transformer_options entry: the forward's fusion_cut (OviGuider's sync pass)
