@@ -200,8 +200,15 @@ def test_node_loader_reads_a_split_file(fused, tmp_path):
     ({"vae.decoder.conv_in.weight": 1, "vocoder.conv_pre.weight": 1}, "mmaudio_vae_vocoder"),
     ({"decoder.conv_in.weight": 1, "data_mean": 1}, "mmaudio_vae"),
     ({"conv_pre.weight_v": 1, "ups.0.0.weight_v": 1}, "bigvgan"),
-    ({"decoder.middle.0.residual.0.gamma": 1, "conv2.weight": 1}, "wan22_vae"),
-    ({"first_stage_model.decoder.middle.0.residual.0.gamma": 1}, "wan22_vae"),
+    ({"decoder.middle.0.residual.0.gamma": 1, "conv2.weight": 1, "decoder.conv1.weight": (8, 48, 3, 3, 3)}, "wan22_vae"),
+    ({"first_stage_model.decoder.middle.0.residual.0.gamma": 1,
+      "first_stage_model.decoder.conv1.weight": (8, 48, 3, 3, 3)}, "wan22_vae"),
+    ({"decoder.middle.0.residual.0.gamma": 1, "conv2.weight": 1}, "wan_vae_other"),  # latent channels unknown
+    ({"encoder.block.0.layer.0.SelfAttention.q.weight": 1, "encoder.block.1.layer.0.SelfAttention.q.weight": 1,
+      "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": 1}, "t5_v11"),
+    ({"encoder.block.0.layer.0.SelfAttention.q.weight": 1, "encoder.block.1.layer.0.SelfAttention.q.weight": 1,
+      "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": 1,
+      "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight": 1}, "umt5_transformers"),
     ({"decoder.up_blocks.0.x": 1}, "image_vae"),
     ({"first_stage_model.post_quant_conv.weight": 1, "first_stage_model.decoder.conv_out.weight": 1}, "image_vae"),
     ({"double_blocks.0.img_attn.qkv.weight": 1, "single_blocks.0.linear1.weight": 1}, "flux_dit"),
@@ -209,7 +216,7 @@ def test_node_loader_reads_a_split_file(fused, tmp_path):
     ({"foo": 1}, "unknown"),
 ])
 def test_identify(keys, kind):
-    found = filekinds.identify({k: torch.zeros(1) for k in keys})
+    found = filekinds.identify({k: torch.zeros(v if isinstance(v, tuple) else 1) for k, v in keys.items()})
     assert found.kind.name == kind
 
 
