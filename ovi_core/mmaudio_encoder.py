@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import filekinds, interrupt
+from . import interrupt
 from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError
 from .mmaudio_vae import (
@@ -318,10 +318,6 @@ def load_audio_encoder(
     normalized = comfy is not None
     if normalized:
         sd = comfy[0]
-    elif filekinds.identify(sd).kind.part == "vocoder":
-        raise WrongFileError(
-            f"{name} is a BigVGAN vocoder, not the audio VAE; the audio encoder needs MMAudio's `v1-16.pth`"
-        )
     return audio_encoder_from_state_dict(sd, dtype, normalized=normalized, source=name).to(device)
 
 

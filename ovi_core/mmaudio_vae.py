@@ -501,11 +501,7 @@ def load_audio_decoder(
     if comfy is not None:
         vae = mel_vae_from_state_dict(comfy[0], dtype, normalized=True, source=name)
         voc_sd, voc_source = comfy[1], name
-    else:
-        if filekinds.identify(sd).kind.part == "vocoder":  # best_netG.pt, unwrapped or not
-            raise WrongFileError(
-                f"{name} is a BigVGAN vocoder, not the audio VAE: pass `v1-16.pth` as the VAE and `{name}` as the vocoder"
-            )
+    else:  # another part's file (best_netG.pt too) is named, with the loader that takes it, by the file-kind table
         vae = mel_vae_from_state_dict(sd, dtype, normalized=False, source=name)
         if vocoder_path is None:
             raise OviInputError(
