@@ -15,6 +15,9 @@ in one place. A row (``FileKind``) holds:
 Rows are tried in order and the first match wins, so specific rows come before general ones. Adding a kind is one
 row (plus its rename function when its names differ from ours).
 
+A file given where another part's file belongs is refused by ``wrong_part_message`` / ``expect``: what it is and
+which loader (node and CLI option, ``LOADER_OF_PART``) takes it, or the row's advice for a file Ovi cannot use.
+
 A file's header (key names, shapes, dtypes; for a torch pickle: the loaded state dict's) is read once per run:
 ``read_header`` caches by (path, size, modification time).
 """
@@ -159,7 +162,7 @@ KINDS: tuple[FileKind, ...] = (
                        (r"video_model\.", r"patch_embedding\.weight")), ("", "model.diffusion_model."),
              kijai_single_to_ovi, partner="kijai_ovi_video"),
     FileKind("ovi_one_tower", "single tower of the Ovi fusion model", None, Signature((r"(video|audio)_model\.",)),
-             OVI_PREFIXES, advice="it holds only one tower of Ovi"),
+             OVI_PREFIXES, advice="Ovi needs the fused file holding both towers"),
     # -- diffusion models Ovi cannot use
     FileKind("wan_video_dit", "Wan2.x video DiT (for example Wan2.2-TI2V-5B) with no audio tower", None,
              Signature((r"blocks\.\d+\.(self_attn|cross_attn)\.",), (r"blocks\.\d+\.attn\.",)), OVI_PREFIXES,
