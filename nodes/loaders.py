@@ -56,7 +56,7 @@ def _stored_dtype(info, weight_dtype: str, compute: torch.dtype) -> torch.dtype:
     """The dtype the weights will be kept in (what ComfyUI's operations cast from); info: weights.inspect_checkpoint."""
     if knobs.WEIGHT_DTYPES[weight_dtype] is not None:
         return knobs.WEIGHT_DTYPES[weight_dtype]
-    return torch.float8_e4m3fn if info.is_fp8 else compute
+    return info.fp8_dtype or compute  # an fp8 file keeps its own fp8 (e4m3fn or e5m2)
 
 
 def load_ovi_model(model_name: str, variant: str, weight_dtype: str, attention: str, memory_mode: str = MEMORY_MODES[0],

@@ -214,12 +214,15 @@ def vocoder_from_state_dict(sd: dict, dtype: torch.dtype = torch.float32, source
         sd = filekinds.strip_prefix(sd, "vocoder.")
     elif found.kind.part == "vocoder" and found.prefix:  # saved from a wrapper (`vocoder.`)
         sd = filekinds.strip_prefix(sd, found.prefix)
-    sd = fold_weight_norm(sd)
-    if "conv_pre.weight" not in sd or "conv_post.weight" not in sd:
+    if found.kind.part != "vocoder" and found.kind.name != "mmaudio_vae_vocoder":
         raise WrongFileError(
-            f"{source} is not a BigVGAN vocoder: it looks like {found.describe()}. Ovi needs MMAudio's "
+            f"{filekinds.wrong_part_message(found, 'vocoder', source)}. Ovi needs MMAudio's "
             "`best_netG.pt` (hkchengrex/MMAudio, ext_weights/)"
         )
+    sd = fold_weight_norm(sd)
+    if "conv_pre.weight" not in sd or "conv_post.weight" not in sd:
+        raise WrongFileError(f"{source} has no `conv_pre` / `conv_post` weights: the BigVGAN vocoder file is incomplete. "
+                             "Ovi needs MMAudio's `best_netG.pt` (hkchengrex/MMAudio, ext_weights/)")
     ref = BigVGANConfig()
     n_ups = sum(1 for k in sd if k.startswith("ups.") and k.endswith(".0.weight"))
     kernels = tuple(sd[f"ups.{i}.0.weight"].shape[-1] for i in range(n_ups)) if n_ups else ()

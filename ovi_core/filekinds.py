@@ -15,6 +15,9 @@ in one place. A row (``FileKind``) holds:
 Rows are tried in order and the first match wins, so specific rows come before general ones. Adding a kind is one
 row (plus its rename function when its names differ from ours).
 
+A file given where another part's file belongs is refused by ``wrong_part_message`` / ``expect``: what it is and
+which loader (node and CLI option, ``LOADER_OF_PART``) takes it, or the row's advice for a file Ovi cannot use.
+
 A file's header (key names, shapes, dtypes; for a torch pickle: the loaded state dict's) is read once per run:
 ``read_header`` caches by (path, size, modification time).
 """
@@ -158,8 +161,8 @@ KINDS: tuple[FileKind, ...] = (
              Signature((r"audio_model\.blocks\.0\.cross_attn\.k_fusion\.", r"audio_model\.patch_embedding\.0\."),
                        (r"video_model\.", r"patch_embedding\.weight")), ("", "model.diffusion_model."),
              kijai_single_to_ovi, partner="kijai_ovi_video"),
-    FileKind("ovi_one_tower", "one tower of the Ovi fusion model", None, Signature((r"(video|audio)_model\.",)),
-             OVI_PREFIXES, advice="it holds only one tower of Ovi"),
+    FileKind("ovi_one_tower", "single tower of the Ovi fusion model", None, Signature((r"(video|audio)_model\.",)),
+             OVI_PREFIXES, advice="Ovi needs the fused file holding both towers"),
     # -- diffusion models Ovi cannot use
     FileKind("wan_video_dit", "Wan2.x video DiT (for example Wan2.2-TI2V-5B) with no audio tower", None,
              Signature((r"blocks\.\d+\.(self_attn|cross_attn)\.",), (r"blocks\.\d+\.attn\.",)), OVI_PREFIXES,
@@ -175,6 +178,13 @@ KINDS: tuple[FileKind, ...] = (
     FileKind("t5_original", "original (non-gated) T5 encoder", None,
              Signature((r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wi\.weight$",)), marker=UMT5_HF_PROBE,
              advice="Ovi's text encoder is umT5-XXL"),
+    # T5 v1.1 (Flux/SD3's t5xxl_fp16.safetensors): umT5's names and gated FFN, but one position bias shared from
+    # block 0 where umT5 has one in every block
+    FileKind("t5_v11", "T5 v1.1 encoder (e.g. Flux/SD3's t5xxl_fp16.safetensors: one position bias, in block 0)", None,
+             Signature((r"encoder\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight$",
+                        r"encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight$"),
+                       (r"encoder\.block\.[1-9]\d*\.layer\.0\.SelfAttention\.relative_attention_bias\.",)),
+             marker=UMT5_HF_PROBE, advice="Ovi needs umT5-XXL, e.g. umt5_xxl_fp16.safetensors"),
     FileKind("umt5_scaled_fp8", "umT5 text-encoder file (ComfyUI scaled fp8)", "text_encoder",
              Signature((UMT5_HF_PROBE.replace(".", r"\."), r"(.*\.)?(scaled_fp8|scale_weight|weight_scale|comfy_quant)$")),
              marker=UMT5_HF_PROBE),
@@ -201,11 +211,14 @@ KINDS: tuple[FileKind, ...] = (
                         r"decoder\.conv_in\.weight$)",), (r"decoder\.middle\.",)), ("", "vae.")),
     FileKind("bigvgan", "BigVGAN vocoder", "vocoder", Signature((r"(conv_pre\.|ups\.\d+|resblocks\.\d+|generator$)",)),
              ("", "vocoder.", "generator.")),
-    # -- video VAEs: Wan2.1's has the same names, a 16-channel latent space
+    # -- video VAEs: Wan2.1's has the same names, a 16-channel latent space; the latent channels are decoder.conv1's
     FileKind("wan21_vae", "Wan2.1 video VAE (16-channel latents)", None,
              Signature((_WAN_VAE,), dims=(("decoder.conv1.weight", 1, 16),)), VAE_PREFIXES,
              advice="Ovi needs the 48-channel Wan2.2 VAE"),
-    FileKind("wan22_vae", "Wan video VAE (Wan2.2, 48-channel latents)", "video_vae", Signature((_WAN_VAE,)), VAE_PREFIXES),
+    FileKind("wan22_vae", "Wan video VAE (Wan2.2, 48-channel latents)", "video_vae",
+             Signature((_WAN_VAE,), dims=(("decoder.conv1.weight", 1, 48),)), VAE_PREFIXES),
+    FileKind("wan_vae_other", "Wan-style video VAE without Wan2.2's 48-channel latent decoder", None,
+             Signature((_WAN_VAE,)), VAE_PREFIXES, advice="Ovi needs the 48-channel Wan2.2 VAE"),
 )
 BY_NAME = {k.name: k for k in KINDS}
 UNKNOWN = FileKind("unknown", "unknown file", None, Signature(("(?!)",)))
@@ -244,7 +257,7 @@ class Identified:
 
 
 def _article(label: str) -> str:
-    return ("an " if label[0].lower() in "aeiou" and not label.startswith("one") else "a ") + label
+    return ("an " if label[0].lower() in "aeiou" else "a ") + label
 
 
 def _under(keys: list[str], prefix: str) -> list[str]:
@@ -279,13 +292,35 @@ def describe(source) -> str:
     return identify(source).describe()
 
 
-def expect(source, part: str, needed: str) -> Identified:
-    """The identified file when it serves ``part``; otherwise WrongFileError "`name` is not <needed>: it looks like
-    <what it is>. <advice>"."""
+# ---- what each part's file must be, and which loader takes a file of another part ----------------------------------
+NEEDED = {"fusion": "an Ovi fused model", "text_encoder": "a umT5 text encoder", "video_vae": "a Wan2.2 video VAE",
+          "audio_vae": "an MMAudio audio VAE", "vocoder": "a BigVGAN vocoder"}
+LOADER_OF_PART = {"fusion": "the Ovi model loader (CLI: --model)",
+                  "text_encoder": "the Ovi text encoder loader (CLI: --text-encoder)",
+                  "video_vae": "the Ovi video VAE loader (CLI: --video-vae)",
+                  "audio_vae": "the Ovi audio VAE loader as its vae_name (CLI: --audio-vae)",
+                  "vocoder": "the Ovi audio VAE loader as its vocoder_name (CLI: --vocoder)"}
+
+
+def what_to_do(kind: FileKind) -> str:
+    """For a file given where it does not belong: "load it with <the loader of its part>", or the row's advice."""
+    return f"load it with {LOADER_OF_PART[kind.part]}" if kind.part is not None else kind.advice
+
+
+def wrong_part_message(found: Identified, part: str, name: str | None = None) -> str:
+    """"`name` is not <what part needs>: it looks like <what it is> — <what to do with it>" (no final full stop)."""
+    todo = what_to_do(found.kind)
+    return (f"{name or found.name} is not {NEEDED[part]}: it looks like {found.describe()}"
+            + (f" — {todo}" if todo else ""))
+
+
+def expect(source, part: str, name: str | None = None, get_it: str = "") -> Identified:
+    """The identified file when it serves ``part``; otherwise WrongFileError (wrong_part_message, then ``get_it``).
+
+    source: as identify's; name: the file's name in the message (default: the header's)."""
     found = identify(source)
     if found.kind.part != part:
-        raise WrongFileError(f"{found.name} is not {needed}: it looks like {found.describe()}."
-                             + (f" ({found.kind.advice})" if found.kind.advice else ""))
+        raise WrongFileError(wrong_part_message(found, part, name) + (f". {get_it}" if get_it else ""))
     return found
 
 
@@ -343,8 +378,19 @@ def torch_dtype_name(stored: str) -> str:
     return ST_TO_TORCH.get(stored, stored.removeprefix("torch."))
 
 
-def is_fp8(header: Header) -> bool:
-    return any("F8" in d or "float8" in d for d in header.dtypes.values())
+def torch_dtype(stored: str):
+    """The torch dtype of a stored dtype name ("F8_E5M2", "torch.float8_e5m2", ...), None when torch has none."""
+    import torch
+
+    dtype = getattr(torch, torch_dtype_name(stored), None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def fp8_dtype(dtypes: Iterable[str]):
+    """The fp8 torch dtype among stored dtype names (the first one found), or None: what a file's fp8 weights are."""
+    from ovi_core.knobs import is_fp8
+
+    return next((d for d in map(torch_dtype, dtypes) if is_fp8(d)), None)
 
 
 def meta_state_dict(header: Header) -> dict:
@@ -354,8 +400,8 @@ def meta_state_dict(header: Header) -> dict:
     out = {}
     for k, shape in header.shapes.items():
         name = header.dtypes[k]
-        dtype = getattr(torch, torch_dtype_name(name), None)
-        if not isinstance(dtype, torch.dtype):
+        dtype = torch_dtype(name)
+        if dtype is None:
             raise WrongFileError(f"{header.name}: tensor {k} has the unknown dtype {name}")
         out[k] = torch.empty(shape, dtype=dtype, device="meta")
     return out

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import filekinds, interrupt
+from . import interrupt
 from .checkpoint_io import read_checkpoint
 from .errors import OviInputError, WrongFileError
 from .mmaudio_vae import (
@@ -42,6 +42,7 @@ from .mmaudio_vae import (
     MPConv1d,
     ResBlock1d,
     _mp_silu,
+    audio_vae_state_dict,
     fill_demo_weights_,
     load_vae_half_,
     normalize_mp_weight,
@@ -288,15 +289,11 @@ def audio_encoder_from_state_dict(
 ) -> AudioEncoder:
     """Build the encoder from MMAudio key names (`encoder.*`, `data_mean`, `data_std`; `decoder.*` is ignored).
     `normalized=False` (raw v1-16.pth weights) normalises the MP conv weights once, in float32."""
-    if _ENCODER_MARKER not in sd or sd[_ENCODER_MARKER].dim() != 3:
-        if "decoder.conv_in.weight" in sd:
-            raise WrongFileError(
-                f"{source} holds only the decoder half of MMAudio's VAE (no `encoder.*` tensors); encoding audio "
-                "needs the full VAE: MMAudio's `v1-16.pth` (hkchengrex/MMAudio, ext_weights/)"
-            )
+    sd = audio_vae_state_dict(sd, source, "Encoding audio needs MMAudio's `v1-16.pth` (hkchengrex/MMAudio, ext_weights/)")
+    if _ENCODER_MARKER not in sd or "encoder.conv_out.weight" not in sd:
         raise WrongFileError(
-            f"{source} is not an MMAudio audio VAE: it looks like {filekinds.describe(sd)}. Encoding audio needs "
-            "MMAudio's `v1-16.pth` (hkchengrex/MMAudio, ext_weights/)"
+            f"{source} holds only the decoder half of MMAudio's VAE (no `encoder.*` tensors); encoding audio "
+            "needs the full VAE: MMAudio's `v1-16.pth` (hkchengrex/MMAudio, ext_weights/)"
         )
     w_in, w_out = sd[_ENCODER_MARKER], sd["encoder.conv_out.weight"]
     cfg = MelVAEConfig(data_dim=w_in.shape[1], embed_dim=w_out.shape[0] // 2, hidden_dim=w_in.shape[0])
@@ -321,10 +318,6 @@ def load_audio_encoder(
     normalized = comfy is not None
     if normalized:
         sd = comfy[0]
-    elif filekinds.identify(sd).kind.part == "vocoder":
-        raise WrongFileError(
-            f"{name} is a BigVGAN vocoder, not the audio VAE; the audio encoder needs MMAudio's `v1-16.pth`"
-        )
     return audio_encoder_from_state_dict(sd, dtype, normalized=normalized, source=name).to(device)
 
 

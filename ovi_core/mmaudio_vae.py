@@ -408,15 +408,23 @@ class AudioDecoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Files
 
-_VAE_MARKER = "decoder.conv_in.weight"
-
-
 def split_comfy_file(sd: dict) -> tuple[dict, dict] | None:
     """ComfyUI's MMAudio VAE file (filekinds "mmaudio_vae_vocoder": `vae.*` with the weights already normalised,
     `vocoder.*` with weight norm folded) as (VAE state dict, vocoder state dict); None for any other file."""
     if filekinds.identify(sd).kind.name != "mmaudio_vae_vocoder":
         return None
     return filekinds.strip_prefix(sd, "vae."), filekinds.strip_prefix(sd, "vocoder.")
+
+
+def audio_vae_state_dict(sd: dict, source: str, get_it: str) -> dict:
+    """The MMAudio VAE tensors of ``sd`` without any wrapper prefix (`vae.` in ComfyUI's file); WrongFileError naming
+    what the file is and which loader takes it when the file-kind table says it is not an MMAudio VAE."""
+    found = filekinds.identify(sd)
+    if found.kind.part != "audio_vae":
+        raise WrongFileError(f"{filekinds.wrong_part_message(found, 'audio_vae', source)}. {get_it}")
+    if found.kind.name == "mmaudio_vae_vocoder":
+        return filekinds.strip_prefix(sd, "vae.")
+    return filekinds.strip_prefix(sd, found.prefix) if found.prefix else sd
 
 
 def load_vae_half_(model: nn.Module, sd: dict, half: str, source: str, extra_ok: bool) -> None:
@@ -461,13 +469,14 @@ def mel_vae_from_state_dict(
     sd: dict, dtype: torch.dtype = torch.float32, normalized: bool = False, source: str = "audio VAE"
 ) -> MelVAEDecoder:
     """Build the VAE decoder from MMAudio key names. `normalized=False` (raw v1-16.pth weights) normalises once."""
-    if _VAE_MARKER not in sd or sd[_VAE_MARKER].dim() != 3:
-        raise WrongFileError(
-            f"{source} is not an MMAudio audio VAE: it looks like {filekinds.describe(sd)}. Ovi needs MMAudio's "
-            "`v1-16.pth` (hkchengrex/MMAudio, ext_weights/) or ComfyUI's MMAudio VAE file"
-        )
+    sd = audio_vae_state_dict(sd, source, "Ovi needs MMAudio's `v1-16.pth` (hkchengrex/MMAudio, ext_weights/) or "
+                                          "ComfyUI's MMAudio VAE file")
+    if "decoder.conv_in.weight" not in sd or "decoder.conv_out.weight" not in sd:
+        raise WrongFileError(f"{source} has no `decoder.conv_in` / `decoder.conv_out` tensors: it holds only the encoder "
+                             "half of MMAudio's VAE, or is incomplete. Ovi needs MMAudio's `v1-16.pth`")
     w_out = sd["decoder.conv_out.weight"]
-    cfg = MelVAEConfig(data_dim=w_out.shape[0], embed_dim=sd[_VAE_MARKER].shape[1], hidden_dim=w_out.shape[1])
+    cfg = MelVAEConfig(data_dim=w_out.shape[0], embed_dim=sd["decoder.conv_in.weight"].shape[1],
+                       hidden_dim=w_out.shape[1])
     if cfg.data_dim != 80:
         raise WrongFileError(f"{source} has {cfg.data_dim} mel bins; only MMAudio's 16 kHz (80-bin) VAE is supported")
     model = MelVAEDecoder(cfg)
@@ -492,11 +501,7 @@ def load_audio_decoder(
     if comfy is not None:
         vae = mel_vae_from_state_dict(comfy[0], dtype, normalized=True, source=name)
         voc_sd, voc_source = comfy[1], name
-    else:
-        if filekinds.identify(sd).kind.part == "vocoder":  # best_netG.pt, unwrapped or not
-            raise WrongFileError(
-                f"{name} is a BigVGAN vocoder, not the audio VAE: pass `v1-16.pth` as the VAE and `{name}` as the vocoder"
-            )
+    else:  # another part's file (best_netG.pt too) is named, with the loader that takes it, by the file-kind table
         vae = mel_vae_from_state_dict(sd, dtype, normalized=False, source=name)
         if vocoder_path is None:
             raise OviInputError(

@@ -29,7 +29,6 @@ from ovi_core.errors import OviInputError, WrongFileError
 
 logger = logging.getLogger(__name__)
 
-PARTS = ("fusion", "text_encoder", "video_vae", "audio_vae", "vocoder")
 LABELS = {
     "fusion": "fused Ovi model",
     "text_encoder": "umT5-XXL text encoder",
@@ -119,7 +118,7 @@ def raise_if_missing(problems: list[str]) -> None:
 def check_paths(paths: OviWeightPaths) -> None:
     """MissingWeightsError for every file in ``paths`` that does not exist."""
     problems = []
-    for part in (*PARTS, "tokenizer"):
+    for part in (*filekinds.PARTS, "tokenizer"):
         p = getattr(paths, part)
         if p is not None and not p.exists():
             problems.append(missing_message(part, p.name, p.parent.resolve()))
@@ -285,9 +284,6 @@ def find_in_comfy_models(models_dir: str | os.PathLike, variant: str | Variant |
 
 # ---- checking the contents -------------------------------------------------------------------------------------
 _NON_WEIGHT_KEYS = ("spiece_model", "scaled_fp8", ".comfy_quant", "num_batches_tracked")
-# What each part's file must be, in the words of the "X is not <this>: it looks like ..." messages.
-NEEDED = {"text_encoder": "a umT5 text encoder", "video_vae": "a Wan2.2 video VAE",
-          "audio_vae": "an MMAudio audio VAE", "vocoder": "a BigVGAN vocoder"}
 
 
 def _meta_state_dict(path: Path) -> dict:
@@ -295,17 +291,15 @@ def _meta_state_dict(path: Path) -> dict:
     return filekinds.meta_state_dict(filekinds.read_header(path))
 
 
-def _expect_kind(part: str, path: Path) -> str:
-    """The label of the file's kind (filekinds) when it serves ``part``; WrongFileError naming what it is otherwise.
-    A file whose header cannot be read is left to the part's own check (its loader names the problem best)."""
+def _expect_kind(part: str, path: Path) -> None:
+    """WrongFileError naming what the file is and which loader takes it, when it does not serve ``part``
+    (filekinds.expect). A file whose header cannot be read is left to the part's own check (its loader names the
+    problem best)."""
     try:
         found = filekinds.identify(path)
     except WrongFileError:
-        return ""
-    if found.kind.part != part:
-        raise WrongFileError(f"{path.name} is not {NEEDED[part]}: it looks like {found.describe()}. "
-                             f"Get it from {WHERE_TO_GET[part]}")
-    return found.kind.label
+        return
+    filekinds.expect(found.header, part, path.name, f"Get it from {WHERE_TO_GET[part]}")
 
 
 def _check_dtypes(path: Path, sd: dict) -> str:
@@ -377,7 +371,7 @@ def _check_video_vae(path: Path) -> str:
     video_vae_from_state_dict(sd, device="meta", source=path.name)  # latent channels, keys and shapes
     dtypes = _check_dtypes(path, sd)
     half = "encoder + decoder" if "encoder.conv1.weight" in sd else "decoder only"
-    return f"{NEEDED['video_vae']}, {half}; tensors: {dtypes}"
+    return f"{filekinds.NEEDED['video_vae']}, {half}; tensors: {dtypes}"
 
 
 def _check_audio_vae(path: Path, full: bool = True) -> str:

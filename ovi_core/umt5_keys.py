@@ -97,8 +97,8 @@ def _encoder_names(f: CheckpointFile) -> tuple[str, dict[str, str]]:
     """The file's layout ("wan" / "transformers") and a map from its weight keys to transformers names."""
     name = f.path.name
     found = filekinds.identify(filekinds.header_of(f))  # what the file is: the file-kind table
-    if found.kind.name not in LAYOUT_OF_KIND:
-        raise WrongFileError(f"`{name}` is not a umT5 text encoder: it looks like {found.describe()}. {_WHERE_TO_GET}")
+    if found.kind.part != "text_encoder":  # T5 v1.1 (Flux/SD3's t5xxl) too: a row of its own in the table
+        raise WrongFileError(f"{filekinds.wrong_part_message(found, 'text_encoder', f'`{name}`')}. {_WHERE_TO_GET}")
     layout, prefix = LAYOUT_OF_KIND[found.kind.name], found.prefix
     names, ignored = {}, []
     for k in f.keys:
@@ -137,13 +137,7 @@ def _config_from_shapes(f: CheckpointFile, names: dict[str, str], layout: str) -
 
     vocab, d_model = shape("shared.weight")
     num_layers = 1 + max(int(n.split(".")[2]) for n in names.values() if n.startswith("encoder.block."))
-    bias = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
-    if num_layers > 1 and [bias.format(i) in by_name for i in range(num_layers)] == [True] + [False] * (num_layers - 1):
-        raise WrongFileError(
-            f"`{f.path.name}` is a T5 v1.1 encoder (one shared position bias, vocabulary {vocab:,}), such as "
-            f"t5xxl_fp16.safetensors for Flux/SD3, not umT5 (a position bias in every layer, vocabulary "
-            f"{UMT5_XXL_VOCAB:,}). {_WHERE_TO_GET}")
-    num_buckets, num_heads = shape(bias.format(0))
+    num_buckets, num_heads = shape("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
     return dict(vocab=vocab, d_model=d_model, d_kv=shape(_HF_PROBE)[0] // num_heads,
                 d_ff=shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0], num_layers=num_layers,
                 num_heads=num_heads, num_buckets=num_buckets)

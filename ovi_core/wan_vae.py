@@ -677,21 +677,17 @@ def video_vae_from_state_dict(
     """Build a WanVideoVAE from original-Wan / ComfyUI key names (decoder-only dicts are accepted)."""
     if "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    found = filekinds.identify(sd)
-    if found.kind.name in ("wan22_vae", "wan21_vae") and found.prefix:  # e.g. `first_stage_model.`, `vae.`
+    found = filekinds.identify(sd)  # what the file is (Wan2.1's 16-channel VAE too): the file-kind table
+    if found.kind.part != "video_vae":
+        raise WrongFileError(f"{filekinds.wrong_part_message(found, 'video_vae', source)}. Ovi needs `Wan2.2_VAE.pth` "
+                             "from Wan-AI/Wan2.2-TI2V-5B or ComfyUI's `wan2.2_vae.safetensors`.")
+    if found.prefix:  # e.g. `first_stage_model.`, `vae.`
         sd = filekinds.strip_prefix(sd, found.prefix)
-    if "decoder.middle.0.residual.0.gamma" not in sd or "conv2.weight" not in sd:
-        raise WrongFileError(
-            f"{source} is not a Wan2.2 video VAE: it looks like {found.describe()}. Ovi needs `Wan2.2_VAE.pth` "
-            "from Wan-AI/Wan2.2-TI2V-5B or ComfyUI's `wan2.2_vae.safetensors`."
-        )
-    z_dim = sd["decoder.conv1.weight"].shape[1]
-    if z_dim != 48 or "decoder.upsamples.0.upsamples.0.residual.2.weight" not in sd:
-        raise WrongFileError(
-            f"{source} is {found.describe()} with {z_dim}-channel latents; Ovi needs the 48-channel Wan2.2 VAE "
-            "(`Wan2.2_VAE.pth` or ComfyUI's `wan2.2_vae.safetensors`), not the Wan2.1 VAE."
-        )
-    cfg = WanVAEConfig.from_state_dict(sd)
+    try:
+        cfg = WanVAEConfig.from_state_dict(sd)
+    except KeyError as exc:
+        raise WrongFileError(f"{source} is missing the Wan2.2 VAE tensor {exc.args[0]}; the file is incomplete or "
+                             "from another model") from None
     with_encoder = "encoder.conv1.weight" in sd
     with torch.device("meta"):
         model = WanVideoVAE(cfg, with_encoder=with_encoder)

@@ -27,18 +27,13 @@ import torch.nn as nn
 
 from ovi_core import filekinds, interrupt
 from ovi_core.checkpoint_io import CheckpointFile
-from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig
+from ovi_core.config import DEFAULT_VARIANT, FP8_FILENAME, VARIANTS, FusionConfig, Variant, get_variant
 from ovi_core.errors import WrongFileError
 from ovi_core.fusion import OviFusion
 from ovi_core.knobs import WEIGHT_DTYPES, is_fp8
 
 log = logging.getLogger(__name__)
 
-# What the Ovi model loader says about files of other parts (what a file is: ovi_core.filekinds).
-LOADER_OF_PART = {"text_encoder": "load it with the Ovi text encoder loader",
-                  "video_vae": "load it with the Ovi video VAE loader",
-                  "audio_vae": "load it with the Ovi audio VAE loader",
-                  "vocoder": "load it with the Ovi audio VAE loader"}
 GET_WEIGHTS = ("the fused file model.safetensors (720x720_5s), model_960x960.safetensors or "
                "model_960x960_10s.safetensors from huggingface.co/chetwinlow1/Ovi, or model_fp8_e4m3fn.safetensors "
                "from huggingface.co/rkfg/Ovi-fp8_quantized")
@@ -59,9 +54,15 @@ class CheckpointInfo:
     scales: dict[str, tuple[Path, str]] = field(default_factory=dict)  # weight key -> (file, key) of its fp8 scale
 
     @property
+    def fp8_dtype(self) -> torch.dtype | None:
+        """The file's fp8 dtype (e4m3fn or e5m2) when its weights stay fp8 in memory; None otherwise (also for scaled
+        fp8 files: they are dequantised on load)."""
+        return None if self.scales else filekinds.fp8_dtype(self.dtypes.values())
+
+    @property
     def is_fp8(self) -> bool:
         """fp8 weights that stay fp8 in memory (scaled fp8 files are dequantised on load)."""
-        return not self.scales and any("F8" in d or "float8" in d for d in self.dtypes.values())
+        return self.fp8_dtype is not None
 
     def file_of(self, key: str) -> Path:
         return self.files.get(key, self.path)
@@ -120,8 +121,7 @@ def check_is_fusion_checkpoint(info: CheckpointInfo) -> None:
     if found.kind is filekinds.UNKNOWN:
         sample = ", ".join(found.header.keys[:3]) or "no tensors at all"
         raise WrongFileError(f"{name} is not an Ovi fused checkpoint (first keys: {sample}). Use {GET_WEIGHTS}")
-    instead = LOADER_OF_PART.get(found.kind.part, found.kind.advice)
-    raise WrongFileError(f"{name} has no video_model.*/audio_model.* keys — it looks like {found.describe()}; {instead}. "
+    raise WrongFileError(f"{filekinds.wrong_part_message(found, 'fusion', name)}. "
                          f"The Ovi model loader needs {GET_WEIGHTS}")
 
 
@@ -174,11 +174,9 @@ def detect_variant(info: CheckpointInfo) -> tuple[str, str]:
 _WARNED: set[Path] = set()
 
 
-def resolve_variant(info: CheckpointInfo, variant: str | None = None) -> tuple[str, str]:
+def resolve_variant(info: CheckpointInfo, variant: str | Variant | None = None) -> tuple[str, str]:
     """(variant, source): the argument when given, else detect_variant; says once per file when it had to assume."""
     if variant is not None:
-        from ovi_core.config import get_variant
-
         return get_variant(variant).name, "argument"
     name, source = detect_variant(info)
     if source == "default" and info.path not in _WARNED:
@@ -276,7 +274,7 @@ def load_fusion_model(
     dtype: torch.dtype = torch.bfloat16,
     weight_dtype: str = "auto",
     config: FusionConfig | None = None,
-    variant: str | None = None,
+    variant: str | Variant | None = None,
     attention: str = "sdpa",
     check_finite: bool = False,
     operations=None,
@@ -315,7 +313,7 @@ def load_fusion_model(
         if is_fp8(store):
             target = store if _is_matmul_weight(name, tensor) else dtype
         elif store is None:
-            target = tensor.dtype if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else dtype
+            target = tensor.dtype if is_fp8(tensor.dtype) else dtype
         else:
             target = store
         tensor = tensor.to(device=device, dtype=target)  # no copy when it already is (a view of the file's map)

@@ -127,9 +127,11 @@ def test_bad_latents():
 def test_wrong_files(vae_sd, vocoder_sd, tmp_path):
     torch.save(vae_sd, tmp_path / "v1-16.pth")
     torch.save({"generator": vocoder_sd}, tmp_path / "best_netG.pt")
-    with pytest.raises(WrongFileError, match="vocoder, not the audio VAE"):
+    with pytest.raises(WrongFileError, match=r"not an MMAudio audio VAE: it looks like a BigVGAN vocoder — load it with "
+                                             r"the Ovi audio VAE loader as its vocoder_name \(CLI: --vocoder\)"):
         load_audio_decoder(tmp_path / "best_netG.pt", tmp_path / "v1-16.pth")
-    with pytest.raises(WrongFileError, match="not a BigVGAN vocoder.*MMAudio audio VAE"):
+    with pytest.raises(WrongFileError, match=r"not a BigVGAN vocoder.*MMAudio audio VAE — load it with the Ovi audio VAE "
+                                             r"loader as its vae_name \(CLI: --audio-vae\)"):
         load_audio_decoder(tmp_path / "v1-16.pth", tmp_path / "v1-16.pth")
     with pytest.raises(OviInputError, match="best_netG.pt"):
         load_audio_decoder(tmp_path / "v1-16.pth")

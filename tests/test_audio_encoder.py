@@ -129,7 +129,8 @@ def test_wrong_files(vae_sd, golden_dir, tmp_path):
         audio_encoder_from_state_dict(decoder_only, source="vae_decoder.safetensors")
     vocoder = load_file(str(golden_dir / "tiny_bigvgan.safetensors"))
     torch.save({"generator": vocoder}, tmp_path / "best_netG.pt")
-    with pytest.raises(WrongFileError, match="vocoder, not the audio VAE"):
+    with pytest.raises(WrongFileError, match=r"not an MMAudio audio VAE: it looks like a BigVGAN vocoder — load it with "
+                                             r"the Ovi audio VAE loader as its vocoder_name"):
         load_audio_encoder(tmp_path / "best_netG.pt")
     save_file({"token_embedding.weight": torch.zeros(16, 8)}, str(tmp_path / "umt5.safetensors"))
     with pytest.raises(WrongFileError, match="not an MMAudio audio VAE"):

@@ -200,8 +200,15 @@ def test_node_loader_reads_a_split_file(fused, tmp_path):
     ({"vae.decoder.conv_in.weight": 1, "vocoder.conv_pre.weight": 1}, "mmaudio_vae_vocoder"),
     ({"decoder.conv_in.weight": 1, "data_mean": 1}, "mmaudio_vae"),
     ({"conv_pre.weight_v": 1, "ups.0.0.weight_v": 1}, "bigvgan"),
-    ({"decoder.middle.0.residual.0.gamma": 1, "conv2.weight": 1}, "wan22_vae"),
-    ({"first_stage_model.decoder.middle.0.residual.0.gamma": 1}, "wan22_vae"),
+    ({"decoder.middle.0.residual.0.gamma": 1, "conv2.weight": 1, "decoder.conv1.weight": (8, 48, 3, 3, 3)}, "wan22_vae"),
+    ({"first_stage_model.decoder.middle.0.residual.0.gamma": 1,
+      "first_stage_model.decoder.conv1.weight": (8, 48, 3, 3, 3)}, "wan22_vae"),
+    ({"decoder.middle.0.residual.0.gamma": 1, "conv2.weight": 1}, "wan_vae_other"),  # latent channels unknown
+    ({"encoder.block.0.layer.0.SelfAttention.q.weight": 1, "encoder.block.1.layer.0.SelfAttention.q.weight": 1,
+      "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": 1}, "t5_v11"),
+    ({"encoder.block.0.layer.0.SelfAttention.q.weight": 1, "encoder.block.1.layer.0.SelfAttention.q.weight": 1,
+      "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": 1,
+      "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight": 1}, "umt5_transformers"),
     ({"decoder.up_blocks.0.x": 1}, "image_vae"),
     ({"first_stage_model.post_quant_conv.weight": 1, "first_stage_model.decoder.conv_out.weight": 1}, "image_vae"),
     ({"double_blocks.0.img_attn.qkv.weight": 1, "single_blocks.0.linear1.weight": 1}, "flux_dit"),
@@ -209,7 +216,7 @@ def test_node_loader_reads_a_split_file(fused, tmp_path):
     ({"foo": 1}, "unknown"),
 ])
 def test_identify(keys, kind):
-    found = filekinds.identify({k: torch.zeros(1) for k in keys})
+    found = filekinds.identify({k: torch.zeros(v if isinstance(v, tuple) else 1) for k, v in keys.items()})
     assert found.kind.name == kind
 
 
@@ -237,3 +244,57 @@ def test_every_part_has_a_kind_and_names_are_unique():
     assert len({k.name for k in filekinds.KINDS}) == len(filekinds.KINDS)
     assert {k.part for k in filekinds.KINDS} - {None} == set(filekinds.PARTS)
     assert all(k.partner in filekinds.BY_NAME for k in filekinds.KINDS if k.partner)
+
+
+# ---- a file given to another part's loader: the message names the loader that takes it ---------------------------
+_FILE_OF_PART = {"fusion": "tiny_fusion.safetensors", "text_encoder": "tiny_t5.safetensors",
+                 "video_vae": "tiny_wan22_vae_decoder.safetensors", "audio_vae": "tiny_mmaudio_vae.safetensors",
+                 "vocoder": "tiny_bigvgan.safetensors"}
+_LOADER_WORDS = {"fusion": r"load it with the Ovi model loader \(CLI: --model\)",
+                 "text_encoder": r"load it with the Ovi text encoder loader \(CLI: --text-encoder\)",
+                 "video_vae": r"load it with the Ovi video VAE loader \(CLI: --video-vae\)",
+                 "audio_vae": r"load it with the Ovi audio VAE loader as its vae_name \(CLI: --audio-vae\)",
+                 "vocoder": r"load it with the Ovi audio VAE loader as its vocoder_name \(CLI: --vocoder\)"}
+
+
+def _loaders():
+    from ovi_core.bigvgan import vocoder_from_state_dict
+    from ovi_core.checkpoint_io import read_checkpoint
+    from ovi_core.mmaudio_encoder import load_audio_encoder
+    from ovi_core.mmaudio_vae import load_audio_decoder
+    from ovi_core.text_encoder import load_text_encoder
+    from ovi_core.wan_vae import load_video_vae
+
+    return {"fusion": [load_fusion_model], "text_encoder": [load_text_encoder], "video_vae": [load_video_vae],
+            "audio_vae": [lambda p: load_audio_decoder(p, p), load_audio_encoder],
+            "vocoder": [lambda p: vocoder_from_state_dict(read_checkpoint(p), source=p.name)]}
+
+
+@pytest.mark.parametrize("asked", filekinds.PARTS)
+@pytest.mark.parametrize("given", filekinds.PARTS)
+def test_a_file_of_another_part_names_its_loader(golden_dir, asked, given):
+    path = golden_dir / _FILE_OF_PART[given]
+    assert filekinds.identify(path).kind.part == given
+    if asked == given:
+        return
+    for load in _loaders()[asked]:
+        with pytest.raises(WrongFileError, match=rf"{re.escape(path.name)}`? is not {filekinds.NEEDED[asked]}: it looks "
+                                                 rf"like .* — {_LOADER_WORDS[given]}"):
+            load(path)
+
+
+def test_check_weights_names_the_loader_of_a_file_in_the_wrong_place(golden_dir):
+    from ovi_core.model_paths import OviWeightPaths, check_weight_files
+
+    f = {part: golden_dir / name for part, name in _FILE_OF_PART.items()}
+    rotated = OviWeightPaths(fusion=f["video_vae"], text_encoder=f["fusion"], video_vae=f["text_encoder"],
+                             audio_vae=f["vocoder"], vocoder=f["audio_vae"])
+    problems = {part: problem for part, _, problem, _ in check_weight_files(rotated, full=False)}
+    given = {"fusion": "video_vae", "text_encoder": "fusion", "video_vae": "text_encoder", "audio_vae": "vocoder",
+             "vocoder": "audio_vae"}
+    for part, problem in problems.items():
+        assert problem is not None and re.search(_LOADER_WORDS[given[part]], problem), (part, problem)
+
+
+def test_one_tower_is_a_single_tower():
+    assert filekinds.describe({"video_model.blocks.0.x": torch.zeros(1)}) == "a single tower of the Ovi fusion model"

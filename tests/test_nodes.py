@@ -441,6 +441,27 @@ def test_loaders_read_files_and_detect_the_variant(model_dir):
     torch.testing.assert_close(vae.vae.decode(z), build_demo_video_vae().decode(z))
 
 
+@pytest.mark.parametrize("fp8", [torch.float8_e5m2, torch.float8_e4m3fn])
+def test_fp8_file_keeps_its_own_fp8_storage_on_auto(model_dir, fp8):
+    import json
+
+    from nodes.loaders import _stored_dtype
+    from ovi_core.demo import build_demo_fusion
+    from ovi_core.weights import inspect_checkpoint
+
+    net = build_demo_fusion()
+    sd = {k: (v.to(fp8) if ".blocks." in k and v.dim() == 2 else v).contiguous() for k, v in net.state_dict().items()}
+    path = model_dir["ovi"] / "ovi_fp8.safetensors"
+    save_file(sd, str(path), metadata={"ovi_config": json.dumps(net.cfg.to_reference_json())})
+    info = inspect_checkpoint(path)
+    assert _stored_dtype(info, "auto", torch.bfloat16) == fp8
+    assert _stored_dtype(info, "bf16", torch.float32) == torch.bfloat16
+    (model,) = run("OviModelLoader", model_name="ovi_fp8.safetensors", variant="auto", weight_dtype="auto",
+                   attention="sdpa", memory_mode="all on GPU", swap_blocks=0)
+    dtypes = {p.dtype for p in model.model.diffusion_model.parameters()}
+    assert fp8 in dtypes and ({torch.float8_e5m2, torch.float8_e4m3fn} - {fp8}).isdisjoint(dtypes)
+
+
 def test_wrong_files_in_loaders_say_what_they_are(model_dir):
     _write_demo_files(model_dir)
     (model_dir["ovi"] / "wan2.2_vae.safetensors").write_bytes((model_dir["vae"] / "wan2.2_vae.safetensors").read_bytes())

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from ovi_core import filekinds
 from ovi_core.errors import WrongFileError
 from ovi_core.fp8_linear import Fp8Linear
 from ovi_core.text_encoder import (
@@ -22,6 +23,7 @@ from ovi_core.text_encoder import (
 )
 from ovi_core.text_tokenizers import SentencePieceTokenizer, clean_prompt, load_tokenizer
 from ovi_core.umt5_keys import rename_key
+from ovi_core.weights import load_fusion_model
 
 TOL = 1e-4  # golden README: float32 implementations, atol 1e-4 on the trimmed contexts
 
@@ -430,6 +432,21 @@ def test_t5_v1_1_xxl_is_refused(tmp_path, wan_sd):
     save_file(sd, str(path))
     with pytest.raises(WrongFileError, match="T5 v1.1"):
         load_text_encoder(path)
+
+
+def test_t5xxl_file_is_refused_with_the_umt5_advice_and_named_by_the_model_loader(tmp_path, wan_sd):
+    # t5xxl_fp16.safetensors (Flux/SD3): umT5's names and gated FFN, a position bias in block 0 only
+    sd = {k: v for k, v in _comfy_sd(wan_sd).items() if "relative_attention_bias" not in k or ".block.0." in k}
+    path = tmp_path / "t5xxl_fp16.safetensors"
+    save_file(sd, str(path))
+    assert filekinds.identify(path).kind.name == "t5_v11"
+    with pytest.raises(WrongFileError, match=r"`t5xxl_fp16.safetensors` is not a umT5 text encoder: it looks like a T5 "
+                                             r"v1\.1 encoder .* — Ovi needs umT5-XXL, e\.g\. umt5_xxl_fp16\.safetensors"):
+        load_text_encoder(path)
+    with pytest.raises(WrongFileError, match=r"it looks like a T5 v1\.1 encoder") as exc:
+        load_fusion_model(path)
+    assert "text encoder loader" not in str(exc.value)  # not sent to a loader that refuses it
+    assert "Ovi needs umT5-XXL" in str(exc.value)
 
 
 def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path, wan_sd, spm_bytes):

@@ -56,6 +56,7 @@ def test_streamed_load_equals_load_state_dict(golden_dir, tiny_sd):
                                     config=FusionConfig.tiny(), variant="960x960_10s")
     assert info.variant == "960x960_10s" and info.variant_source == "argument"
     assert info.parameters == 1_358_164 and not info.is_fp8
+    assert inspect_checkpoint(golden_dir / "tiny_fusion.safetensors").fp8_dtype is None
     assert all(torch.equal(model.state_dict()[k], v) for k, v in tiny_sd.items())
     assert not any(p.is_meta for p in model.parameters())
 
@@ -76,6 +77,7 @@ def test_fp8_file_stays_fp8_in_memory_and_is_upcast_per_layer(tmp_path, tiny_sd,
     save_file(fp8, str(path), metadata={"ovi_config": json.dumps(FusionConfig.tiny().to_reference_json())})
     model, info = load_fusion_model(path, dtype=torch.float32)
     assert info.is_fp8 and info.variant == "720x720_5s" and info.variant_source == "file name"
+    assert inspect_checkpoint(path).fp8_dtype == torch.float8_e4m3fn
     w = model.video_model.blocks[0].self_attn.q.weight
     assert w.dtype == torch.float8_e4m3fn and w.element_size() == 1
     # same numbers as a float32 model holding the dequantised weights
@@ -83,6 +85,20 @@ def test_fp8_file_stays_fp8_in_memory_and_is_upcast_per_layer(tmp_path, tiny_sd,
     ref.load_state_dict({k: v.float() for k, v in fp8.items()})
     torch.testing.assert_close(_run(model, case0)[0], _run(ref, case0)[0], atol=1e-5, rtol=0)
     assert (_run(model, case0)[0][0] - case0["out.video"]).abs().max() > 1e-3  # fp8 really lost precision
+
+
+def test_fp8_e5m2_file_keeps_e5m2_storage_on_auto(tmp_path, tiny_sd, case0):
+    fp8 = {k: (v.to(torch.float8_e5m2) if ".blocks." in k and v.dim() == 2 else v) for k, v in tiny_sd.items()}
+    path = tmp_path / "ovi_fp8_e5m2.safetensors"
+    save_file(fp8, str(path), metadata={"ovi_config": json.dumps(FusionConfig.tiny().to_reference_json())})
+    info = inspect_checkpoint(path)
+    assert info.is_fp8 and info.fp8_dtype == torch.float8_e5m2
+    model, loaded = load_fusion_model(path, dtype=torch.float32, info=info)
+    assert loaded.is_fp8 and model.audio_model.blocks[1].ffn[0].weight.dtype == torch.float8_e5m2
+    assert model.video_model.patch_embedding.weight.dtype == torch.float32
+    ref = OviFusion(FusionConfig.tiny())
+    ref.load_state_dict({k: v.float() for k, v in fp8.items()})
+    torch.testing.assert_close(_run(model, case0)[0], _run(ref, case0)[0], atol=1e-5, rtol=0)
 
 
 def test_weight_dtype_fp8_quantises_block_matmuls_only(golden_dir):
