@@ -45,7 +45,7 @@ from .mmaudio_vae import (
     audio_vae_state_dict,
     fill_demo_weights_,
     load_vae_half_,
-    normalize_mp_weight,
+    normalize_mp_convs_,
     split_comfy_file,
 )
 
@@ -234,11 +234,7 @@ class AudioEncoder(nn.Module):
 
     def normalize_weights_(self) -> AudioEncoder:
         """Apply the one-time weight normalisation to every MP conv (raw MMAudio checkpoints need it)."""
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, MPConv1d):
-                    m.weight.copy_(normalize_mp_weight(m.weight))
-        return self
+        return normalize_mp_convs_(self)
 
     @torch.inference_mode()
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:

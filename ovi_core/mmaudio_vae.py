@@ -247,6 +247,15 @@ def normalize_mp_weight(w: torch.Tensor) -> torch.Tensor:
     return (w32 / math.sqrt(w[0].numel())).to(w.dtype)
 
 
+def normalize_mp_convs_(module: nn.Module) -> nn.Module:
+    """normalize_mp_weight applied in place to every MPConv1d of ``module`` (the decoder's and the encoder's)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, MPConv1d):
+                m.weight.copy_(normalize_mp_weight(m.weight))
+    return module
+
+
 class MPConv1d(nn.Module):
     """Bias-free 1-D convolution with 'same' padding; the weight is already normalised when it is used."""
 
@@ -348,11 +357,7 @@ class MelVAEDecoder(nn.Module):
 
     def normalize_weights_(self) -> MelVAEDecoder:
         """Apply the one-time weight normalisation to every MP conv (raw MMAudio checkpoints need it)."""
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, MPConv1d):
-                    m.weight.copy_(normalize_mp_weight(m.weight))
-        return self
+        return normalize_mp_convs_(self)
 
 
 class AudioDecoder(nn.Module):
